@@ -1,0 +1,1 @@
+"""The catalog: files, metadata, replicas, datasets, tasks, provenance and events (SQLAlchemy)."""

@@ -1,0 +1,199 @@
+"""Catalog tables (SQLAlchemy Core).
+
+The alembic migrations under the top-level ``catalog/migrations`` directory must create exactly
+these tables; a test compares the migrated database with this metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+# SQLite only auto-increments INTEGER PRIMARY KEY columns, PostgreSQL wants BIGINT for big catalogs.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every database (SQLite forgets the zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the catalog; use timezone-aware UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("lfn", sa.String(1024), nullable=False, unique=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("checksum", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("task_id", sa.String(64), nullable=True, index=True),
+)
+
+# One row per (file, key). Values are typed: ints in vint (and vnum), floats in vnum,
+# strings, dates and datetimes (ISO text, which sorts like the value) in vstr.
+file_metadata = sa.Table(
+    "file_metadata",
+    metadata,
+    sa.Column("file_id", BigId, sa.ForeignKey("files.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("vtype", sa.String(8), nullable=False),
+    sa.Column("vint", sa.BigInteger, nullable=True),
+    sa.Column("vnum", sa.Double, nullable=True),
+    sa.Column("vstr", sa.String(1024), nullable=True),
+    sa.Index("ix_file_metadata_key_vint", "key", "vint"),
+    sa.Index("ix_file_metadata_key_vnum", "key", "vnum"),
+    sa.Index("ix_file_metadata_key_vstr", "key", "vstr"),
+)
+
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("file_id", BigId, sa.ForeignKey("files.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("store", sa.String(64), nullable=False),
+    sa.Column("pfn", sa.String(2048), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("file_id", "store", name="uq_replicas_file_store"),
+)
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(256), nullable=False, unique=True),
+    sa.Column("query", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+dataset_files = sa.Table(
+    "dataset_files",
+    metadata,
+    sa.Column("dataset_id", BigId, sa.ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("file_id", BigId, sa.ForeignKey("files.id", ondelete="CASCADE"), primary_key=True),
+)
+
+productions = sa.Table(
+    "productions",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("definition", sa.JSON, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("source", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+transformations = sa.Table(
+    "transformations",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("production", sa.String(128), sa.ForeignKey("productions.name"), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    # Highest files.id already looked at by the planner: a pass only reads newer files.
+    sa.Column("cursor", sa.BigInteger, nullable=False, server_default="0"),
+    sa.UniqueConstraint("production", "name", name="uq_transformations_production_name"),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("task_id", sa.String(64), primary_key=True),
+    sa.Column("production", sa.String(128), nullable=False),
+    sa.Column("transformation", sa.String(128), nullable=False),
+    sa.Column("group_key", sa.String(512), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("backend", sa.String(32), nullable=True),
+    sa.Column("job_id", sa.String(128), nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("workdir", sa.Text, nullable=True),
+    sa.Column("resources", sa.JSON, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_tasks_production_state", "production", "state"),
+    sa.Index("ix_tasks_production_transformation", "production", "transformation"),
+)
+
+task_inputs = sa.Table(
+    "task_inputs",
+    metadata,
+    sa.Column("task_id", sa.String(64), sa.ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("file_id", BigId, sa.ForeignKey("files.id"), primary_key=True),
+    sa.Index("ix_task_inputs_file_id", "file_id"),
+)
+
+# Files that match a transformation but wait in an open group (e.g. a run not yet complete).
+pending_inputs = sa.Table(
+    "pending_inputs",
+    metadata,
+    sa.Column("transformation_id", BigId, sa.ForeignKey("transformations.id"), primary_key=True),
+    sa.Column("file_id", BigId, sa.ForeignKey("files.id"), primary_key=True),
+    sa.Column("group_key", sa.String(512), nullable=False),
+)
+
+provenance = sa.Table(
+    "provenance",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(64), sa.ForeignKey("tasks.task_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("argv", sa.JSON, nullable=False),
+    sa.Column("env", sa.JSON, nullable=False),
+    sa.Column("software", sa.JSON, nullable=False),
+    sa.Column("config_digest", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(256), nullable=False),
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("job_id", sa.String(128), nullable=True),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Index("ix_provenance_task_id", "task_id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("production", sa.String(128), nullable=True),
+    sa.Column("task_id", sa.String(64), nullable=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("from_state", sa.String(16), nullable=True),
+    sa.Column("to_state", sa.String(16), nullable=True),
+    sa.Column("detail", sa.JSON, nullable=True),
+    sa.Index("ix_events_task_id", "task_id"),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(256), primary_key=True),
+    sa.Column("holder", sa.String(256), nullable=False),
+    sa.Column("acquired_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)

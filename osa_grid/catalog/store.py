@@ -1,0 +1,717 @@
+"""The catalog: one class over SQLAlchemy, the same on SQLite and PostgreSQL.
+
+Every method that changes state runs in one transaction and appends to the event log in it,
+so the log and the state never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from osa_grid.catalog import schema as s
+from osa_grid.catalog.engines import create_engine
+from osa_grid.catalog.migrate import upgrade
+from osa_grid.catalog.querysql import compile_query
+from osa_grid.catalog.values import collect, metadata_rows
+from osa_grid.core import query as querylang
+from osa_grid.core.metadata import MetaValue
+from osa_grid.core.planner import FileRecord, PlannedTask
+from osa_grid.core.states import ACTIVE, TaskState, check_transition
+from osa_grid.errors import BadInput, CatalogError, LeaseHeld, UnknownProduction
+from osa_grid.ports import NewFile, Replica
+
+_CHUNK = 500  # rows per IN (...) list: well under SQLite's bound-parameter limit
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_id: str
+    production: str
+    transformation: str
+    group_key: str
+    state: TaskState
+    attempt: int
+    failures: int
+    backend: str | None
+    job_id: str | None
+    exit_code: int | None
+    error: str | None
+    workdir: str | None
+    resources: dict[str, Any] | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class CatalogFile:
+    id: int
+    lfn: str
+    size: int
+    checksum: str
+    created_at: datetime
+    task_id: str | None
+    metadata: dict[str, MetaValue]
+    replicas: tuple[Replica, ...]
+
+    def record(self) -> FileRecord:
+        return FileRecord(self.id, self.lfn, self.metadata)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Everything a finished task leaves behind, recorded in one transaction."""
+
+    task_id: str
+    outputs: Sequence[NewFile]
+    provenance: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Failure:
+    task_id: str
+    target: TaskState  # READY (retry), FAILED or VETOED
+    exit_code: int | None
+    error: str
+    resources: Mapping[str, Any] | None
+    provenance: Mapping[str, Any] | None
+
+
+class Catalog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Catalog:
+        engine = create_engine(url)
+        try:
+            upgrade(engine)
+        except sa.exc.OperationalError as exc:
+            raise CatalogError(f"cannot open the catalog at {engine.url!r}: {exc.orig}") from exc
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as connection:
+            yield connection
+
+    # ---------------------------------------------------------------- events
+    @staticmethod
+    def _event(
+        conn: Connection,
+        kind: str,
+        production: str | None = None,
+        task_id: str | None = None,
+        from_state: str | None = None,
+        to_state: str | None = None,
+        **detail: Any,
+    ) -> None:
+        conn.execute(
+            sa.insert(s.events).values(
+                at=utcnow(),
+                production=production,
+                task_id=task_id,
+                kind=kind,
+                from_state=from_state,
+                to_state=to_state,
+                detail=detail or None,
+            )
+        )
+
+    def events(self, task_id: str | None = None, production: str | None = None) -> list[dict[str, Any]]:
+        statement = sa.select(s.events).order_by(s.events.c.id)
+        if task_id is not None:
+            statement = statement.where(s.events.c.task_id == task_id)
+        if production is not None:
+            statement = statement.where(s.events.c.production == production)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(statement)]
+
+    # ---------------------------------------------------------------- files
+    def register_files(self, new_files: Sequence[NewFile], task_id: str | None = None) -> list[int]:
+        with self.transaction() as conn:
+            return self._insert_files(conn, new_files, task_id)
+
+    def _insert_files(self, conn: Connection, new_files: Sequence[NewFile], task_id: str | None) -> list[int]:
+        if not new_files:
+            return []
+        lfns = [f.lfn for f in new_files]
+        if len(set(lfns)) != len(lfns):
+            raise BadInput("the same LFN is given twice in one registration")
+        existing = self._existing_lfns(conn, lfns)
+        if existing:
+            shown = ", ".join(sorted(existing)[:5])
+            raise BadInput(f"{len(existing)} file(s) are already registered: {shown}")
+        now = utcnow()
+        ids: list[int] = []
+        for chunk in _chunks(new_files):
+            rows = [
+                {"lfn": f.lfn, "size": f.size, "checksum": f.checksum, "created_at": now, "task_id": task_id}
+                for f in chunk
+            ]
+            result = conn.execute(
+                sa.insert(s.files).returning(s.files.c.id, sort_by_parameter_order=True), rows
+            )
+            ids += [row[0] for row in result]
+        metadata: list[dict[str, Any]] = []
+        replicas: list[dict[str, Any]] = []
+        for file_id, new_file in zip(ids, new_files, strict=True):
+            metadata += metadata_rows(file_id, new_file.metadata)
+            replicas += [
+                {"file_id": file_id, "store": r.store, "pfn": r.pfn, "state": r.state, "created_at": now}
+                for r in new_file.replicas
+            ]
+        if metadata:
+            conn.execute(sa.insert(s.file_metadata), metadata)
+        if replicas:
+            conn.execute(sa.insert(s.replicas), replicas)
+        return ids
+
+    def _existing_lfns(self, conn: Connection, lfns: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(lfns):
+            found |= set(conn.scalars(sa.select(s.files.c.lfn).where(s.files.c.lfn.in_(chunk))))
+        return found
+
+    def files_by_id(self, ids: Sequence[int], conn: Connection | None = None) -> list[CatalogFile]:
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.files_by_id(ids, own)
+        found: list[CatalogFile] = []
+        for chunk in _chunks(list(ids)):
+            rows = conn.execute(sa.select(s.files).where(s.files.c.id.in_(chunk))).all()
+            metadata = collect(
+                conn.execute(
+                    sa.select(
+                        s.file_metadata.c.file_id,
+                        s.file_metadata.c.key,
+                        s.file_metadata.c.vtype,
+                        s.file_metadata.c.vint,
+                        s.file_metadata.c.vnum,
+                        s.file_metadata.c.vstr,
+                    ).where(s.file_metadata.c.file_id.in_(chunk))
+                )
+            )
+            replicas: dict[int, list[Replica]] = {}
+            lfn_of = {row.id: row.lfn for row in rows}
+            for rep in conn.execute(sa.select(s.replicas).where(s.replicas.c.file_id.in_(chunk))):
+                replicas.setdefault(rep.file_id, []).append(
+                    Replica(lfn_of[rep.file_id], rep.store, rep.pfn, rep.state)
+                )
+            found += [
+                CatalogFile(
+                    r.id,
+                    r.lfn,
+                    r.size,
+                    r.checksum,
+                    r.created_at,
+                    r.task_id,
+                    metadata.get(r.id, {}),
+                    tuple(replicas.get(r.id, ())),
+                )
+                for r in rows
+            ]
+        order = {file_id: index for index, file_id in enumerate(ids)}
+        return sorted(found, key=lambda f: order[f.id])
+
+    def file(self, lfn: str) -> CatalogFile | None:
+        with self.engine.connect() as conn:
+            file_id = conn.scalar(sa.select(s.files.c.id).where(s.files.c.lfn == lfn))
+            if file_id is None:
+                return None
+            return self.files_by_id([file_id], conn)[0]
+
+    def query(
+        self,
+        text: str,
+        after_id: int = 0,
+        limit: int | None = None,
+        conn: Connection | None = None,
+    ) -> list[CatalogFile]:
+        """Files matching a metadata query, in registration order."""
+        node = querylang.parse(text)
+        statement = (
+            sa.select(s.files.c.id)
+            .where(compile_query(node), s.files.c.id > after_id)
+            .order_by(s.files.c.id)
+            .limit(limit)
+        )
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.files_by_id(list(own.scalars(statement)), own)
+        return self.files_by_id(list(conn.scalars(statement)), conn)
+
+    def count(self, text: str) -> int:
+        node = querylang.parse(text)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(sa.select(sa.func.count()).select_from(s.files).where(compile_query(node))) or 0)
+
+    def max_file_id(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.scalar(sa.select(sa.func.max(s.files.c.id))) or 0)
+
+    # ---------------------------------------------------------------- productions
+    def save_production(self, name: str, definition: dict[str, Any], digest: str, source: str | None) -> bool:
+        """Store or update a production and its transformations; True when the definition changed."""
+        now = utcnow()
+        with self.transaction() as conn:
+            old = conn.scalar(sa.select(s.productions.c.digest).where(s.productions.c.name == name))
+            if old is None:
+                conn.execute(
+                    sa.insert(s.productions).values(
+                        name=name,
+                        definition=definition,
+                        digest=digest,
+                        source=source,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                self._event(conn, "production_created", name, digest=digest)
+            elif old != digest:
+                conn.execute(
+                    sa.update(s.productions)
+                    .where(s.productions.c.name == name)
+                    .values(definition=definition, digest=digest, source=source, updated_at=now)
+                )
+                self._event(conn, "production_updated", name, old_digest=old, digest=digest)
+            for transformation in definition["transformations"]:
+                self._ensure_transformation(
+                    conn, name, transformation["name"], str(transformation["version"])
+                )
+            return old != digest
+
+    @staticmethod
+    def _ensure_transformation(conn: Connection, production: str, name: str, version: str) -> None:
+        where = (s.transformations.c.production == production) & (s.transformations.c.name == name)
+        current = conn.execute(sa.select(s.transformations.c.version).where(where)).first()
+        if current is None:
+            conn.execute(
+                sa.insert(s.transformations).values(production=production, name=name, version=version)
+            )
+        elif current.version != version:
+            # A new version sees every file again: its tasks have other ids.
+            conn.execute(sa.update(s.transformations).where(where).values(version=version, cursor=0))
+            tid = conn.scalar(sa.select(s.transformations.c.id).where(where))
+            conn.execute(sa.delete(s.pending_inputs).where(s.pending_inputs.c.transformation_id == tid))
+
+    def production_definition(self, name: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            definition = conn.scalar(
+                sa.select(s.productions.c.definition).where(s.productions.c.name == name)
+            )
+        if definition is None:
+            raise UnknownProduction(f"no production named {name!r} in the catalog ({self.describe_url()})")
+        return dict(definition)
+
+    def production_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(sa.select(s.productions.c.name).order_by(s.productions.c.name)))
+
+    def describe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # ---------------------------------------------------------------- planning
+    def transformation_cursor(self, production: str, name: str) -> tuple[int, int]:
+        """(transformation row id, cursor) of a transformation."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(s.transformations.c.id, s.transformations.c.cursor).where(
+                    (s.transformations.c.production == production) & (s.transformations.c.name == name)
+                )
+            ).first()
+        if row is None:
+            raise UnknownProduction(
+                f"transformation {name!r} of production {production!r} is not in the catalog"
+            )
+        return int(row.id), int(row.cursor)
+
+    def pending_files(self, transformation_id: int) -> list[FileRecord]:
+        with self.engine.connect() as conn:
+            ids = list(
+                conn.scalars(
+                    sa.select(s.pending_inputs.c.file_id).where(
+                        s.pending_inputs.c.transformation_id == transformation_id
+                    )
+                )
+            )
+            return [f.record() for f in self.files_by_id(ids, conn)]
+
+    def waiting_counts(self, production: str) -> dict[str, int]:
+        """Files waiting in open groups, per transformation."""
+        statement = (
+            sa.select(s.transformations.c.name, sa.func.count())
+            .join(s.pending_inputs, s.pending_inputs.c.transformation_id == s.transformations.c.id)
+            .where(s.transformations.c.production == production)
+            .group_by(s.transformations.c.name)
+        )
+        with self.engine.connect() as conn:
+            return {name: int(n) for name, n in conn.execute(statement)}
+
+    def record_plan(
+        self,
+        production: str,
+        transformation_id: int,
+        tasks: Sequence[PlannedTask],
+        pending: Sequence[tuple[FileRecord, str]],
+        cursor: int,
+        initial_state: TaskState = TaskState.READY,
+    ) -> int:
+        """Create planned tasks (existing ids are left alone), replace the waiting files, move the cursor."""
+        now = utcnow()
+        with self.transaction() as conn:
+            known = self._existing_task_ids(conn, [t.task_id for t in tasks])
+            new = [t for t in tasks if t.task_id not in known]
+            if new:
+                conn.execute(
+                    sa.insert(s.tasks),
+                    [
+                        {
+                            "task_id": t.task_id,
+                            "production": production,
+                            "transformation": t.transformation,
+                            "group_key": t.group_key,
+                            "state": initial_state.value,
+                            "attempt": 0,
+                            "failures": 0,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for t in new
+                    ],
+                )
+                conn.execute(
+                    sa.insert(s.task_inputs),
+                    [{"task_id": t.task_id, "file_id": f.id} for t in new for f in t.inputs],
+                )
+                conn.execute(
+                    sa.insert(s.events),
+                    [
+                        {
+                            "at": now,
+                            "production": production,
+                            "task_id": t.task_id,
+                            "kind": "created",
+                            "to_state": initial_state.value,
+                            "detail": {"transformation": t.transformation, "group": t.group_key},
+                        }
+                        for t in new
+                    ],
+                )
+            conn.execute(
+                sa.delete(s.pending_inputs).where(s.pending_inputs.c.transformation_id == transformation_id)
+            )
+            if pending:
+                conn.execute(
+                    sa.insert(s.pending_inputs),
+                    [
+                        {"transformation_id": transformation_id, "file_id": f.id, "group_key": g}
+                        for f, g in pending
+                    ],
+                )
+            conn.execute(
+                sa.update(s.transformations)
+                .where(s.transformations.c.id == transformation_id)
+                .values(cursor=cursor)
+            )
+            return len(new)
+
+    @staticmethod
+    def _existing_task_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(list(ids)):
+            found |= set(conn.scalars(sa.select(s.tasks.c.task_id).where(s.tasks.c.task_id.in_(chunk))))
+        return found
+
+    # ---------------------------------------------------------------- tasks
+    def tasks(
+        self,
+        production: str,
+        states: Sequence[TaskState] | None = None,
+        transformation: str | None = None,
+        limit: int | None = None,
+    ) -> list[TaskRow]:
+        statement = sa.select(s.tasks).where(s.tasks.c.production == production)
+        if states is not None:
+            statement = statement.where(s.tasks.c.state.in_([st.value for st in states]))
+        if transformation is not None:
+            statement = statement.where(s.tasks.c.transformation == transformation)
+        statement = statement.order_by(s.tasks.c.created_at, s.tasks.c.task_id).limit(limit)
+        with self.engine.connect() as conn:
+            return [_task_row(row) for row in conn.execute(statement)]
+
+    def task(self, task_id: str) -> TaskRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(s.tasks).where(s.tasks.c.task_id == task_id)).first()
+        return None if row is None else _task_row(row)
+
+    def task_counts(self, production: str) -> dict[str, dict[str, int]]:
+        statement = (
+            sa.select(s.tasks.c.transformation, s.tasks.c.state, sa.func.count())
+            .where(s.tasks.c.production == production)
+            .group_by(s.tasks.c.transformation, s.tasks.c.state)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for name, state, n in conn.execute(statement):
+                counts.setdefault(name, {})[state] = int(n)
+        return counts
+
+    def task_inputs(self, task_ids: Sequence[str]) -> dict[str, list[CatalogFile]]:
+        with self.engine.connect() as conn:
+            pairs: list[tuple[str, int]] = []
+            for chunk in _chunks(list(task_ids)):
+                pairs += [
+                    (row.task_id, row.file_id)
+                    for row in conn.execute(
+                        sa.select(s.task_inputs).where(s.task_inputs.c.task_id.in_(chunk))
+                    )
+                ]
+            files = {f.id: f for f in self.files_by_id(sorted({fid for _, fid in pairs}), conn)}
+        result: dict[str, list[CatalogFile]] = {task_id: [] for task_id in task_ids}
+        for task_id, file_id in pairs:
+            result[task_id].append(files[file_id])
+        for inputs in result.values():
+            inputs.sort(key=lambda f: f.lfn)
+        return result
+
+    def task_outputs(self, task_id: str) -> list[CatalogFile]:
+        with self.engine.connect() as conn:
+            ids = list(conn.scalars(sa.select(s.files.c.id).where(s.files.c.task_id == task_id)))
+            return self.files_by_id(ids, conn)
+
+    def provenance(self, task_id: str) -> list[dict[str, Any]]:
+        statement = (
+            sa.select(s.provenance).where(s.provenance.c.task_id == task_id).order_by(s.provenance.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(statement)]
+
+    def _transition(
+        self,
+        conn: Connection,
+        task_id: str,
+        target: TaskState,
+        expect: Sequence[TaskState] | None = None,
+        **values: Any,
+    ) -> TaskState:
+        current_text = conn.scalar(sa.select(s.tasks.c.state).where(s.tasks.c.task_id == task_id))
+        if current_text is None:
+            raise BadInput(f"unknown task {task_id}")
+        current = TaskState(current_text)
+        if expect is not None and current not in expect:
+            raise CatalogError(f"task {task_id} is {current}, expected one of {', '.join(expect)}")
+        check_transition(task_id, current, target)
+        conn.execute(
+            sa.update(s.tasks)
+            .where(s.tasks.c.task_id == task_id)
+            .values(state=target.value, updated_at=utcnow(), **values)
+        )
+        return current
+
+    def reserve_submissions(self, backend: str, workdirs: Mapping[str, str]) -> list[TaskRow]:
+        """READY -> SUBMITTED before the backend is called: a crash now leaves a task without job id."""
+        with self.transaction() as conn:
+            for task_id, workdir in workdirs.items():
+                attempt = int(
+                    conn.scalar(sa.select(s.tasks.c.attempt).where(s.tasks.c.task_id == task_id)) or 0
+                )
+                production = conn.scalar(sa.select(s.tasks.c.production).where(s.tasks.c.task_id == task_id))
+                self._transition(
+                    conn,
+                    task_id,
+                    TaskState.SUBMITTED,
+                    expect=[TaskState.READY],
+                    attempt=attempt + 1,
+                    backend=backend,
+                    job_id=None,
+                    workdir=workdir,
+                    exit_code=None,
+                )
+                self._event(
+                    conn, "submitting", production, task_id, "ready", "submitted", attempt=attempt + 1
+                )
+        return self._rows(list(workdirs))
+
+    def _rows(self, task_ids: Sequence[str]) -> list[TaskRow]:
+        rows: list[TaskRow] = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(task_ids)):
+                rows += [
+                    _task_row(r) for r in conn.execute(sa.select(s.tasks).where(s.tasks.c.task_id.in_(chunk)))
+                ]
+        order = {task_id: index for index, task_id in enumerate(task_ids)}
+        return sorted(rows, key=lambda r: order[r.task_id])
+
+    def record_job_ids(self, job_ids: Mapping[str, str]) -> None:
+        with self.transaction() as conn:
+            for task_id, job_id in job_ids.items():
+                conn.execute(
+                    sa.update(s.tasks)
+                    .where(s.tasks.c.task_id == task_id)
+                    .values(job_id=job_id, updated_at=utcnow())
+                )
+            conn.execute(
+                sa.insert(s.events),
+                [
+                    {"at": utcnow(), "task_id": t, "kind": "submitted", "detail": {"job_id": j}}
+                    for t, j in job_ids.items()
+                ],
+            )
+
+    def mark_running(self, task_ids: Sequence[str]) -> None:
+        with self.transaction() as conn:
+            for task_id in task_ids:
+                self._transition(conn, task_id, TaskState.RUNNING, expect=[TaskState.SUBMITTED])
+                self._event(conn, "running", None, task_id, "submitted", "running")
+
+    def complete(self, completion: Completion) -> None:
+        """Register outputs, provenance and DONE in one transaction."""
+        with self.transaction() as conn:
+            previous = self._transition(
+                conn, completion.task_id, TaskState.DONE, expect=list(ACTIVE), exit_code=0
+            )
+            self._insert_files(conn, completion.outputs, completion.task_id)
+            conn.execute(sa.insert(s.provenance).values(task_id=completion.task_id, **completion.provenance))
+            self._event(
+                conn,
+                "done",
+                None,
+                completion.task_id,
+                previous.value,
+                "done",
+                outputs=[f.lfn for f in completion.outputs],
+            )
+
+    def fail(self, failure: Failure) -> None:
+        with self.transaction() as conn:
+            previous = self._transition(conn, failure.task_id, TaskState.FAILED, expect=list(ACTIVE))
+            failures = int(
+                conn.scalar(sa.select(s.tasks.c.failures).where(s.tasks.c.task_id == failure.task_id)) or 0
+            )
+            values: dict[str, Any] = {
+                "exit_code": failure.exit_code,
+                "error": failure.error[:4000],
+                "failures": failures + 1,
+                "job_id": None,
+            }
+            if failure.resources is not None:
+                values["resources"] = dict(failure.resources)
+            conn.execute(sa.update(s.tasks).where(s.tasks.c.task_id == failure.task_id).values(**values))
+            if failure.provenance is not None:
+                conn.execute(sa.insert(s.provenance).values(task_id=failure.task_id, **failure.provenance))
+            self._event(
+                conn,
+                "failed",
+                None,
+                failure.task_id,
+                previous.value,
+                "failed",
+                exit_code=failure.exit_code,
+                error=failure.error[:1000],
+            )
+            if failure.target != TaskState.FAILED:
+                self._transition(conn, failure.task_id, failure.target)
+                self._event(conn, failure.target.value, None, failure.task_id, "failed", failure.target.value)
+
+    def requeue_lost(self, task_ids: Sequence[str], reason: str) -> None:
+        """A job the backend no longer knows (the shepherd died): run it again, not counted as a failure."""
+        with self.transaction() as conn:
+            for task_id in task_ids:
+                previous = self._transition(conn, task_id, TaskState.READY, expect=list(ACTIVE), job_id=None)
+                self._event(conn, "lost", None, task_id, previous.value, "ready", reason=reason)
+
+    def set_states(
+        self,
+        production: str,
+        source: Sequence[TaskState],
+        target: TaskState,
+        kind: str,
+        task_ids: Sequence[str] | None = None,
+        transformation: str | None = None,
+        reset_failures: bool = False,
+    ) -> list[TaskRow]:
+        """Operator actions (retry, cancel, veto) on every matching task; returns the changed rows."""
+        changed = [
+            row
+            for row in self.tasks(production, states=source, transformation=transformation)
+            if task_ids is None or row.task_id in task_ids
+        ]
+        with self.transaction() as conn:
+            for row in changed:
+                extra: dict[str, Any] = {"failures": 0, "error": None} if reset_failures else {}
+                self._transition(conn, row.task_id, target, expect=source, **extra)
+                self._event(conn, kind, production, row.task_id, row.state.value, target.value)
+        return changed
+
+    # ---------------------------------------------------------------- leases
+    def acquire_lease(self, name: str, holder: str, ttl: timedelta, stale: bool = False) -> None:
+        """Take the lease, or renew it; ``stale`` allows taking over a holder known to be dead."""
+        now = utcnow()
+        with self.transaction() as conn:
+            row = conn.execute(sa.select(s.leases).where(s.leases.c.name == name).with_for_update()).first()
+            if row is None:
+                conn.execute(
+                    sa.insert(s.leases).values(
+                        name=name, holder=holder, acquired_at=now, expires_at=now + ttl
+                    )
+                )
+                self._event(conn, "lease_acquired", None, None, holder=holder, lease=name)
+                return
+            if row.holder != holder and row.expires_at > now and not stale:
+                raise LeaseHeld(
+                    f"{name} is held by {row.holder} until {row.expires_at:%Y-%m-%d %H:%M:%S} UTC: "
+                    "another shepherd is running it"
+                )
+            conn.execute(
+                sa.update(s.leases).where(s.leases.c.name == name).values(holder=holder, expires_at=now + ttl)
+            )
+            if row.holder != holder:
+                self._event(
+                    conn, "lease_taken_over", None, None, holder=holder, previous=row.holder, lease=name
+                )
+
+    def lease_holder(self, name: str) -> tuple[str, datetime] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(s.leases).where(s.leases.c.name == name)).first()
+        return None if row is None else (row.holder, row.expires_at)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(sa.delete(s.leases).where((s.leases.c.name == name) & (s.leases.c.holder == holder)))
+
+
+def _task_row(row: Any) -> TaskRow:
+    return TaskRow(
+        task_id=row.task_id,
+        production=row.production,
+        transformation=row.transformation,
+        group_key=row.group_key,
+        state=TaskState(row.state),
+        attempt=row.attempt,
+        failures=row.failures,
+        backend=row.backend,
+        job_id=row.job_id,
+        exit_code=row.exit_code,
+        error=row.error,
+        workdir=row.workdir,
+        resources=row.resources,
+        updated_at=row.updated_at,
+    )

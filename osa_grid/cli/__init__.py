@@ -1,0 +1,1 @@
+"""The ``osa-grid`` command line (typer)."""

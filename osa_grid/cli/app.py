@@ -1,0 +1,316 @@
+"""``osa-grid``: production | files | query | status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.live import Live
+
+from osa_grid import __version__
+from osa_grid.cli.common import console, handle_errors, settings_of
+from osa_grid.cli.views import failures_table, production_table
+from osa_grid.core.metadata import parse_literal
+from osa_grid.core.models import Production
+from osa_grid.core.states import TaskState
+from osa_grid.core.validation import topological_order
+from osa_grid.errors import BadInput
+from osa_grid.logs import configure
+from osa_grid.services.files import register_paths
+from osa_grid.services.productions import (
+    definition_of,
+    digest_of,
+    load_production,
+    production_from_definition,
+)
+from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
+from osa_grid.services.workspace import Workspace, open_workspace
+
+app = typer.Typer(
+    help="osa-grid: data-driven processing for Cherenkov telescope observatories.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+production_app = typer.Typer(help="Run and steer productions (chains of transformations).", no_args_is_help=True)
+files_app = typer.Typer(help="Register and inspect files in the catalog.", no_args_is_help=True)
+app.add_typer(production_app, name="production")
+app.add_typer(files_app, name="files")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"osa-grid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option(help="TOML settings file (default: ./osa-grid.toml)")] = None,  # noqa: UP045
+    home: Annotated[Optional[Path], typer.Option(help="Workspace directory (OSA_GRID_HOME)")] = None,  # noqa: UP045
+    catalog: Annotated[Optional[str], typer.Option(help="Catalog database URL (OSA_GRID_CATALOG_URL)")] = None,  # noqa: UP045
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log lines")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    configure(-1 if quiet else verbose)
+    ctx.obj = {"config": config, "home": home, "catalog_url": catalog}
+
+
+def _production(workspace: Workspace, name_or_file: str) -> Production:
+    """A production file (saved to the catalog) or the name of one the catalog knows."""
+    path = Path(name_or_file)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        production = load_production(path)
+        workspace.catalog.save_production(
+            production.name, definition_of(production), digest_of(production), path.read_text()
+        )
+        return production
+    return production_from_definition(workspace.catalog.production_definition(name_or_file))
+
+
+@production_app.command("run")
+@handle_errors
+def production_run(
+    ctx: typer.Context,
+    production_file: Annotated[Path, typer.Argument(help="Production YAML file")],
+    once: Annotated[bool, typer.Option(help="One observe-plan-act pass (for cron), then exit")] = False,
+    flush: Annotated[bool, typer.Option(help="Also close incomplete groups (runs missing sub-runs)")] = False,
+    backend: Annotated[Optional[str], typer.Option(help="Backend name (default from settings)")] = None,  # noqa: UP045
+    max_cores: Annotated[Optional[int], typer.Option(help="Cores the local backend may use")] = None,  # noqa: UP045
+    live: Annotated[bool, typer.Option(help="Show a live table while running")] = True,
+) -> None:
+    """Run a production until every task is finished (or one pass with --once)."""
+    settings = settings_of(ctx)
+    if max_cores is not None:
+        settings = settings.model_copy(update={"max_cores": max_cores})
+    with open_workspace(settings) as workspace:
+        production = load_production(production_file)
+        workspace.catalog.save_production(
+            production.name, definition_of(production), digest_of(production), production_file.read_text()
+        )
+        options = ShepherdOptions(
+            once=once, flush=flush, poll_interval=settings.poll_interval, lease_ttl=_ttl(settings.lease_seconds)
+        )
+        order = [t.name for t in topological_order(production)]
+        show_live = live and console.is_terminal
+
+        def render(report: PassReport) -> Any:
+            return production_table(production.name, report.counts, order, workspace.catalog.waiting_counts(production.name))
+
+        shepherd = Shepherd(
+            workspace.catalog, workspace.backend(backend), workspace.data, production, workspace.work_root, options
+        )
+        if show_live:
+            with Live(console=console, refresh_per_second=4) as display:
+                shepherd.on_pass = lambda report: display.update(render(report))
+                report = shepherd.run()
+        else:
+            report = shepherd.run()
+        _summarize(workspace, production, report, order)
+
+
+def _ttl(seconds: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def _summarize(workspace: Workspace, production: Production, report: PassReport, order: list[str]) -> None:
+    waiting = workspace.catalog.waiting_counts(production.name)
+    console.print(production_table(production.name, report.counts, order, waiting))
+    problems = workspace.catalog.tasks(production.name, states=[TaskState.FAILED, TaskState.VETOED])
+    if problems:
+        console.print(failures_table(problems))
+    if report.unfinished:
+        console.print(f"{report.unfinished} task(s) still to do: run the command again to carry on.")
+    else:
+        console.print(f"production {production.name}: nothing left to do.")
+    if any(waiting.values()):
+        console.print("Some files wait in incomplete groups (e.g. runs missing sub-runs): --flush processes them.")
+    if problems:
+        raise typer.Exit(1)
+
+
+@production_app.command("status")
+@handle_errors
+def production_status(
+    ctx: typer.Context,
+    production: Annotated[str, typer.Argument(help="Production name or file")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Tasks per transformation and state, and the tasks that failed."""
+    with open_workspace(settings_of(ctx)) as workspace:
+        prod = _production(workspace, production)
+        counts = workspace.catalog.task_counts(prod.name)
+        waiting = workspace.catalog.waiting_counts(prod.name)
+        problems = workspace.catalog.tasks(prod.name, states=[TaskState.FAILED, TaskState.VETOED])
+        if as_json:
+            payload = {
+                "production": prod.name,
+                "counts": counts,
+                "waiting_files": waiting,
+                "failed": [
+                    {"task_id": t.task_id, "transformation": t.transformation, "state": t.state.value,
+                     "exit_code": t.exit_code, "error": t.error, "workdir": t.workdir}
+                    for t in problems
+                ],
+            }
+            console.print_json(json.dumps(payload))
+            return
+        console.print(production_table(prod.name, counts, [t.name for t in topological_order(prod)], waiting))
+        if problems:
+            console.print(failures_table(problems))
+
+
+def _operator_action(
+    ctx: typer.Context, production: str, source: list[TaskState], target: TaskState, kind: str,
+    task: list[str] | None, transformation: str | None,
+) -> int:
+    with open_workspace(settings_of(ctx)) as workspace:
+        prod = _production(workspace, production)
+        if transformation is not None:
+            prod.transformation(transformation) if transformation in {t.name for t in prod.transformations} else _unknown(transformation, prod)
+        changed = workspace.catalog.set_states(
+            prod.name, source, target, kind, task_ids=_expand_ids(workspace, prod.name, task),
+            transformation=transformation, reset_failures=target == TaskState.READY,
+        )
+        active = [row for row in changed if row.job_id and row.state in (TaskState.SUBMITTED, TaskState.RUNNING)]
+        for backend_name in {row.backend for row in active if row.backend}:
+            workspace.backend(backend_name).cancel([row.job_id for row in active if row.backend == backend_name and row.job_id])
+        return len(changed)
+
+
+def _unknown(transformation: str, production: Production) -> None:
+    names = ", ".join(t.name for t in production.transformations)
+    raise BadInput(f"production {production.name} has no transformation {transformation!r} ({names})")
+
+
+def _expand_ids(workspace: Workspace, production: str, prefixes: list[str] | None) -> list[str] | None:
+    """Task ids may be abbreviated, as ``status`` shows them."""
+    if not prefixes:
+        return None
+    every = [row.task_id for row in workspace.catalog.tasks(production)]
+    found: list[str] = []
+    for prefix in prefixes:
+        matches = [task_id for task_id in every if task_id.startswith(prefix)]
+        if len(matches) != 1:
+            raise BadInput(f"task {prefix!r} matches {len(matches)} tasks of {production}")
+        found += matches
+    return found
+
+
+@production_app.command("retry")
+@handle_errors
+def production_retry(
+    ctx: typer.Context,
+    production: Annotated[str, typer.Argument(help="Production name or file")],
+    task: Annotated[Optional[list[str]], typer.Option(help="Only these task ids (prefixes allowed)")] = None,  # noqa: UP045
+    transformation: Annotated[Optional[str], typer.Option(help="Only this transformation")] = None,  # noqa: UP045
+) -> None:
+    """Make failed, vetoed and cancelled tasks ready again (their failure count starts over)."""
+    n = _operator_action(
+        ctx, production, [TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED], TaskState.READY, "retry",
+        task, transformation,
+    )
+    console.print(f"{n} task(s) ready again; `osa-grid production run` runs them.")
+
+
+@production_app.command("cancel")
+@handle_errors
+def production_cancel(
+    ctx: typer.Context,
+    production: Annotated[str, typer.Argument(help="Production name or file")],
+    task: Annotated[Optional[list[str]], typer.Option(help="Only these task ids (prefixes allowed)")] = None,  # noqa: UP045
+    transformation: Annotated[Optional[str], typer.Option(help="Only this transformation")] = None,  # noqa: UP045
+) -> None:
+    """Cancel tasks that have not finished (running jobs are killed)."""
+    n = _operator_action(
+        ctx, production,
+        [TaskState.CREATED, TaskState.STAGING, TaskState.READY, TaskState.SUBMITTED, TaskState.RUNNING],
+        TaskState.CANCELLED, "cancel", task, transformation,
+    )
+    console.print(f"{n} task(s) cancelled.")
+
+
+@app.command("status")
+@handle_errors
+def status(ctx: typer.Context) -> None:
+    """Every production in the catalog: tasks per transformation and state."""
+    with open_workspace(settings_of(ctx)) as workspace:
+        names = workspace.catalog.production_names()
+        if not names:
+            console.print(f"no productions in the catalog ({workspace.catalog.describe_url()})")
+            return
+        for name in names:
+            prod = production_from_definition(workspace.catalog.production_definition(name))
+            order = [t.name for t in topological_order(prod)]
+            console.print(
+                production_table(name, workspace.catalog.task_counts(name), order, workspace.catalog.waiting_counts(name))
+            )
+
+
+@app.command("query")
+@handle_errors
+def query(
+    ctx: typer.Context,
+    expression: Annotated[str, typer.Argument(help="Metadata query, e.g. 'data_level = DL1 and run_id in (1807, 1808)'")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines: lfn, size, checksum, metadata, replicas")] = False,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many files")] = None,  # noqa: UP045
+    count: Annotated[bool, typer.Option("--count", help="Only the number of matching files")] = False,
+) -> None:
+    """Files whose metadata match a query."""
+    from osa_grid.cli.files_view import print_files
+
+    with open_workspace(settings_of(ctx)) as workspace:
+        if count:
+            console.print(workspace.catalog.count(expression))
+            return
+        print_files(workspace.catalog.query(expression, limit=limit), as_json)
+
+
+@files_app.command("register")
+@handle_errors
+def files_register(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Existing files (registered in place)")],
+    meta: Annotated[Optional[list[str]], typer.Option("--meta", "-m", help="key=value, typed like a query literal")] = None,  # noqa: UP045
+    pattern: Annotated[Optional[str], typer.Option(help="Metadata from names, e.g. 'LST-1.{stream:d}.Run{run_id:d}.{subrun_id:d}.fits.fz'")] = None,  # noqa: UP045
+    lfn_prefix: Annotated[str, typer.Option(help="LFN = prefix/file name")] = "",
+) -> None:
+    """Add existing files with their metadata to the catalog (all or nothing)."""
+    metadata = dict(_key_value(item) for item in meta or [])
+    with open_workspace(settings_of(ctx)) as workspace:
+        lfns = register_paths(workspace.catalog, paths, metadata, pattern, lfn_prefix)
+    console.print(f"registered {len(lfns)} file(s)")
+
+
+@files_app.command("show")
+@handle_errors
+def files_show(ctx: typer.Context, lfn: Annotated[str, typer.Argument(help="Logical file name")]) -> None:
+    """A file's metadata, replicas and the task that made it."""
+    with open_workspace(settings_of(ctx)) as workspace:
+        found = workspace.catalog.file(lfn)
+        if found is None:
+            raise BadInput(f"no file {lfn!r} in the catalog")
+        payload: dict[str, Any] = {
+            "lfn": found.lfn, "size": found.size, "adler32": found.checksum,
+            "metadata": {k: str(v) if not isinstance(v, int | float) else v for k, v in found.metadata.items()},
+            "replicas": [{"store": r.store, "pfn": r.pfn, "state": r.state} for r in found.replicas],
+        }
+        if found.task_id:
+            payload["made_by"] = {"task_id": found.task_id, "provenance": workspace.catalog.provenance(found.task_id)[-1:]}
+        console.print_json(json.dumps(payload, default=str))
+
+
+def _key_value(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise BadInput(f"--meta {item!r}: expected key=value")
+    return key.strip(), parse_literal(value.strip())
+
+
+def main() -> None:
+    app()

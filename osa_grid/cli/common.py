@@ -1,0 +1,45 @@
+"""What every command shares: settings from the global options, and errors turned into exit codes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from osa_grid.config import Settings, load_settings
+from osa_grid.errors import OsaGridError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    options: dict[str, Any] = ctx.obj or {}
+    config_file: Path | None = options.get("config")
+    overrides = {k: v for k, v in options.items() if k != "config"}
+    return load_settings(config_file, **overrides)
+
+
+def handle_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """One clear message and the error's exit code (2 = bad input, 1 = failure); never a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except OsaGridError as exc:
+            errors.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            errors.print("interrupted: the catalog holds every state change so far; run the command again to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper

@@ -1,0 +1,57 @@
+"""Rich renderings of production state, shared by ``status`` and the live display of ``production run``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rich.console import Group
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from osa_grid.catalog.store import TaskRow
+
+COLUMNS = ("ready", "submitted", "running", "done", "failed", "vetoed", "cancelled")
+
+
+def production_table(
+    name: str, counts: Mapping[str, Mapping[str, int]], order: list[str], waiting: Mapping[str, int]
+) -> Table:
+    table = Table(title=f"production {name}", title_justify="left", expand=False)
+    table.add_column("transformation")
+    for column in COLUMNS:
+        table.add_column(column, justify="right")
+    table.add_column("waiting files", justify="right")
+    table.add_column("progress", width=24)
+    for transformation in order:
+        states = counts.get(transformation, {})
+        total = sum(states.values())
+        done = states.get("done", 0)
+        bar = ProgressBar(total=max(total, 1), completed=done, width=16)
+        row: list[Text | ProgressBar | Group | str] = [transformation]
+        row += [_cell(states.get(column, 0), column) for column in COLUMNS]
+        row += [str(waiting.get(transformation, 0) or ""), Group(bar, Text(f"{done}/{total}"))]
+        table.add_row(*row)
+    return table
+
+
+def _cell(value: int, column: str) -> Text:
+    style = {"failed": "red", "vetoed": "magenta", "done": "green", "running": "cyan"}.get(column, "")
+    return Text(str(value) if value else "", style=style if value else "")
+
+
+def failures_table(rows: list[TaskRow]) -> Table:
+    table = Table(title="tasks that did not succeed", title_justify="left")
+    for column in ("task", "transformation", "state", "tries", "exit", "error", "logs"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.task_id[:12],
+            row.transformation,
+            row.state.value,
+            str(row.attempt),
+            "" if row.exit_code is None else str(row.exit_code),
+            (row.error or "")[:200],
+            row.workdir or "",
+        )
+    return table

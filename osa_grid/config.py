@@ -1,0 +1,90 @@
+"""Settings: one object from ``OSA_GRID_*`` environment variables and an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from osa_grid.errors import BadInput
+
+CONFIG_FILE_NAME = "osa-grid.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OSA_GRID_", extra="forbid")
+
+    # Everything osa-grid writes by default lives under home: catalog, products, task work directories.
+    home: Path = Path(".osa-grid")
+    catalog_url: str | None = None
+    data_root: Path | None = None
+    work_root: Path | None = None
+    backend: str = "local"
+    data_manager: str = "local"
+    max_cores: int | None = Field(None, ge=1)
+    max_memory_gb: float | None = Field(None, gt=0)
+    poll_interval: float = Field(2.0, gt=0)
+    lease_seconds: float = Field(120.0, gt=0)
+
+    @field_validator("home", "data_root", "work_root")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @property
+    def catalog(self) -> str:
+        return self.catalog_url or f"sqlite:///{(self.home / 'catalog.sqlite').resolve()}"
+
+    @property
+    def data_directory(self) -> Path:
+        return (self.data_root or self.home / "data").resolve()
+
+    @property
+    def work_directory(self) -> Path:
+        return (self.work_root or self.home / "work").resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from (lowest first) the TOML file, the environment, and explicit overrides."""
+    path = config_file or _default_config_file()
+    from_file: dict[str, Any] = {}
+    if path is not None:
+        try:
+            from_file = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise BadInput(f"cannot read the configuration file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise BadInput(f"{path}: not valid TOML: {exc}") from exc
+        from_file = from_file.get("osa-grid", from_file)
+    env_names = {name for name in Settings.model_fields if f"OSA_GRID_{name.upper()}" in os.environ}
+    merged = {k: v for k, v in from_file.items() if k not in env_names}
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        where = f" (from {path})" if path else ""
+        raise BadInput(f"invalid settings{where}: {problems}") from exc
+
+
+def _default_config_file() -> Path | None:
+    explicit = os.environ.get("OSA_GRID_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path(CONFIG_FILE_NAME)
+    return local if local.is_file() else None

@@ -1,0 +1,1 @@
+"""The pure core: models, query language, grouping, planning and state machines. No I/O here."""

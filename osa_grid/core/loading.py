@@ -1,0 +1,118 @@
+"""YAML text -> validated Production, with errors that name the file, the line and the field.
+
+Pure: it takes text that a caller has read. Including other files is the caller's business
+(``services.productions``); it passes their parsed documents in as already-loaded subtrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from osa_grid.core.models import Production
+from osa_grid.core.validation import check_production
+from osa_grid.errors import ProductionInvalid
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Origin:
+    source: str
+    line: int  # 1-based
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+@dataclass
+class Document:
+    """Plain data parsed from YAML, plus where each value came from."""
+
+    data: Any
+    origins: dict[Path, Origin] = field(default_factory=dict)
+
+    def origin(self, path: Sequence[str | int]) -> Origin | None:
+        """The origin of the deepest part of ``path`` that the document knows."""
+        for end in range(len(path), -1, -1):
+            found = self.origins.get(tuple(path[:end]))
+            if found is not None:
+                return found
+        return None
+
+    def graft(self, path: Path, other: Document) -> None:
+        """Put another document's data at ``path`` (used for ``include:``)."""
+        parent = self.data
+        for part in path[:-1]:
+            parent = parent[part]
+        parent[path[-1]] = other.data
+        for sub, where in other.origins.items():
+            self.origins[path + sub] = where
+
+
+def parse_yaml(text: str, source: str) -> Document:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ProductionInvalid(f"{where}: not valid YAML: {problem}") from exc
+    if node is None:
+        raise ProductionInvalid(f"{source}: the file is empty")
+    document = Document(data=None)
+    document.data = _build(node, (), source, document.origins)
+    return document
+
+
+def _build(node: yaml.Node, path: Path, source: str, origins: dict[Path, Origin]) -> Any:
+    origins[path] = Origin(source, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            if key in result:
+                line = key_node.start_mark.line + 1
+                raise ProductionInvalid(f"{source}:{line}: key {key!r} appears twice")
+            result[key] = _build(value_node, (*path, key), source, origins)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, index), source, origins) for index, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        line = node.start_mark.line + 1
+        raise ProductionInvalid(f"line {line}: a mapping key must be a plain value")
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+
+
+def build_production(document: Document) -> Production:
+    """Validate the data as a Production; every problem is reported with its file and line."""
+    if not isinstance(document.data, Mapping):
+        raise ProductionInvalid(f"{document.origin(())}: a production must be a mapping")
+    try:
+        production = Production.model_validate(document.data)
+    except ValidationError as exc:
+        raise ProductionInvalid(_format(document, [(e["loc"], e["msg"]) for e in exc.errors()])) from exc
+    problems = check_production(production)
+    if problems:
+        raise ProductionInvalid(_format(document, problems))
+    return production
+
+
+def _format(document: Document, problems: Sequence[tuple[Sequence[str | int], str]]) -> str:
+    lines = []
+    for loc, message in problems:
+        origin = document.origin(loc)
+        dotted = ".".join(str(part) if isinstance(part, str) else f"[{part}]" for part in loc)
+        dotted = dotted.replace(".[", "[")
+        lines.append(f"{origin}: {dotted or '<top>'}: {message}")
+    count = len(lines)
+    header = f"the production has {count} problem{'s' if count > 1 else ''}:"
+    return "\n  ".join([header, *lines])

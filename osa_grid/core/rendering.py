@@ -1,0 +1,104 @@
+"""From a task (transformation + inputs) to the exact command and the outputs it must leave. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from osa_grid.core import templates
+from osa_grid.core.metadata import MetaValue, check_metadata
+from osa_grid.core.models import Output, Resources, Transformation
+from osa_grid.core.planner import FileRecord, common_metadata
+from osa_grid.errors import TemplateError
+
+# Metadata every output gets, so that analysts and child transformations can tell productions apart.
+AUTOMATIC_KEYS = ("production", "transformation")
+
+
+@dataclass(frozen=True)
+class RenderedOutput:
+    name: str
+    file_name: str
+    lfn: str
+    metadata: dict[str, MetaValue]
+
+
+@dataclass(frozen=True)
+class RenderedTask:
+    argv: list[str]
+    env: dict[str, str]
+    outputs: list[RenderedOutput]
+    resources: Resources
+
+
+def render_outputs(
+    production: str, transformation: Transformation, task_id: str, inputs: Sequence[FileRecord]
+) -> list[RenderedOutput]:
+    shared = common_metadata(inputs)
+    names = _name_values(production, transformation, task_id, shared)
+    return [_render_output(output, names, shared, production, transformation.name) for output in transformation.outputs]
+
+
+def _name_values(
+    production: str, transformation: Transformation, task_id: str, shared: Mapping[str, MetaValue]
+) -> dict[str, object]:
+    return {**shared, "production": production, "transformation": transformation.name, "task_id": task_id}
+
+
+def _render_output(
+    output: Output,
+    names: Mapping[str, object],
+    shared: Mapping[str, MetaValue],
+    production: str,
+    transformation: str,
+) -> RenderedOutput:
+    file_name = templates.check_file_name(templates.render(output.file_name, names, f"output {output.name}"))
+    directory = templates.render(output.directory, names, f"output {output.name} directory").strip("/")
+    lfn = templates.check_relative_path(f"{directory}/{file_name}" if directory else file_name)
+    if output.inherit == "all":
+        inherited = dict(shared)
+    elif output.inherit == "none":
+        inherited = {}
+    else:
+        inherited = {k: shared[k] for k in output.inherit if k in shared}
+    metadata = {**inherited, **output.metadata, "production": production, "transformation": transformation}
+    return RenderedOutput(output.name, file_name, lfn, check_metadata(metadata))
+
+
+def render_task(
+    production: str,
+    transformation: Transformation,
+    task_id: str,
+    inputs: Sequence[FileRecord],
+    input_paths: Sequence[str],
+    workdir: str,
+    attempt: int,
+    resources: Resources,
+    python: str = "python3",
+) -> RenderedTask:
+    """The argv (no shell: one element per argument), environment and expected outputs of one attempt.
+
+    ``python`` is the interpreter osa-grid runs under, so that Python steps use the same environment.
+    """
+    outputs = render_outputs(production, transformation, task_id, inputs)
+    values: dict[str, object] = {
+        "python": python,
+        **_name_values(production, transformation, task_id, common_metadata(inputs)),
+        "workdir": workdir,
+        "attempt": attempt,
+        "cores": resources.cores,
+        "memory_gb": resources.memory_gb,
+    }
+    if len(input_paths) == 1:
+        values["input"] = input_paths[0]
+    values.update({f"output.{o.name}": f"{workdir}/{o.file_name}" for o in outputs})
+    argv: list[str] = []
+    for element in transformation.step.argv:
+        if element == "{inputs}":
+            argv += list(input_paths)
+        else:
+            argv.append(templates.render(element, values, "argument"))
+    env = {key: templates.render(value, values, f"environment {key}") for key, value in transformation.step.env.items()}
+    if not argv[0]:
+        raise TemplateError(f"transformation {transformation.name}: the command renders to an empty program name")
+    return RenderedTask(argv, env, outputs, resources)

@@ -1,0 +1,116 @@
+"""Checks across a production's transformations: names, parents, cycles, queries, templates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from osa_grid.core import query as querylang
+from osa_grid.core import templates
+from osa_grid.core.models import Output, Production, Transformation
+from osa_grid.errors import QuerySyntaxError
+
+Problem = tuple[Sequence[str | int], str]
+
+
+def check_production(production: Production) -> list[Problem]:
+    problems: list[Problem] = []
+    names = [t.name for t in production.transformations]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            problems.append((("transformations", index, "name"), f"transformation {name!r} is defined twice"))
+    for index, transformation in enumerate(production.transformations):
+        problems += _check_transformation(production, index, transformation)
+    if not problems:
+        cycle = find_cycle(production)
+        if cycle:
+            problems.append((("transformations",), f"the transformations form a cycle: {' -> '.join(cycle)}"))
+    return problems
+
+
+def _check_transformation(
+    production: Production, index: int, transformation: Transformation
+) -> list[Problem]:
+    base: tuple[str | int, ...] = ("transformations", index)
+    problems: list[Problem] = []
+    try:
+        node = querylang.parse(transformation.input.query)
+    except QuerySyntaxError as exc:
+        return [((*base, "input", "query"), str(exc))]
+    known = {t.name for t in production.transformations}
+    for parent in transformation.input.parents:
+        if parent not in known:
+            problems.append(((*base, "input", "from"), f"unknown parent transformation {parent!r}"))
+        elif parent == transformation.name:
+            problems.append(((*base, "input", "from"), "a transformation cannot be its own parent"))
+        elif not any(_satisfies(o, node) for o in production.transformation(parent).outputs):
+            problems.append(
+                (
+                    (*base, "input", "query"),
+                    f"no output of parent {parent!r} can match {transformation.input.query!r}",
+                )
+            )
+    problems += _check_argv(base, transformation)
+    return problems
+
+
+def _satisfies(output: Output, node: querylang.Node) -> bool:
+    if output.inherit == "none":
+        return querylang.satisfiable(node, output.metadata, open_keys=False)
+    return querylang.satisfiable(node, output.metadata, open_keys=True)
+
+
+def _check_argv(base: tuple[str | int, ...], transformation: Transformation) -> list[Problem]:
+    problems: list[Problem] = []
+    outputs = {f"output.{o.name}" for o in transformation.outputs}
+    for position, element in enumerate(transformation.step.argv):
+        for field in templates.fields(element):
+            where = (*base, "step", "argv", position)
+            if field.name.startswith("output.") and field.name not in outputs:
+                problems.append((where, f"{{{field.name}}} names no declared output"))
+            if field.name == "input" and transformation.grouping.mode != "per_file":
+                problems.append((where, "{input} is one file: with grouping by several files use {inputs}"))
+    return problems
+
+
+def find_cycle(production: Production) -> list[str]:
+    """A list of names forming a cycle through ``input.from``, or [] when the graph is a DAG."""
+    parents = {t.name: list(t.input.parents) for t in production.transformations}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    path: list[str] = []
+
+    def visit(name: str) -> list[str]:
+        state[name] = 1
+        path.append(name)
+        for parent in parents.get(name, []):
+            if state.get(parent) == 1:
+                return [*path[path.index(parent) :], parent]
+            if parent not in state:
+                found = visit(parent)
+                if found:
+                    return found
+        path.pop()
+        state[name] = 2
+        return []
+
+    for name in parents:
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return []
+
+
+def topological_order(production: Production) -> list[Transformation]:
+    """Parents before children; ties keep the order of the file."""
+    done: set[str] = set()
+    ordered: list[Transformation] = []
+    remaining = list(production.transformations)
+    while remaining:
+        ready = [t for t in remaining if all(p in done for p in t.input.parents)]
+        if not ready:
+            raise ValueError("cycle in production (check_production should have caught it)")
+        for transformation in ready:
+            ordered.append(transformation)
+            done.add(transformation.name)
+        remaining = [t for t in remaining if t.name not in done]
+    return ordered

@@ -1,0 +1,120 @@
+"""The small protocols between the core and the outside world."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from osa_grid.core.models import Resources
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One task attempt as a backend sees it: a command to run, where, with what."""
+
+    task_id: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    workdir: Path
+    stdout: Path
+    stderr: Path
+    resources: Resources
+    name: str = ""  # production/transformation, for the scheduler's job name
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    LOST = "lost"  # the backend does not know the job (any more)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    exit_code: int | None = None
+    # failed, timeout, oom, cancelled, node_fail, lost: matched by retry rules.
+    failure: str | None = None
+    message: str = ""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    # Jobs go on when the shepherd exits (a batch system); a local pool's jobs do not.
+    detached: bool
+    arrays: bool = False
+    dependencies: bool = False
+    shared_filesystem: bool = True
+
+
+class Backend(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    def submit(self, jobs: Sequence[JobSpec]) -> list[str]:
+        """Start the jobs; returns one job id per job, in order."""
+        ...
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """Status of every given job; unknown ids are LOST."""
+        ...
+
+    def cancel(self, job_ids: Sequence[str]) -> None: ...
+
+    def wait_any(self, timeout: float) -> None:
+        """Block until a job may have changed state, or ``timeout`` seconds."""
+        ...
+
+    def free_slots(self) -> int:
+        """How many more jobs may be submitted now (a bound, not a promise)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Replica:
+    lfn: str
+    store: str
+    pfn: str
+    state: str = "available"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    lfn: str
+    size: int
+    checksum: str  # adler32, 8 hex digits
+    replica: Replica
+
+
+class DataManager(Protocol):
+    name: str
+
+    def locate(self, lfn: str, replicas: Sequence[Replica]) -> Path:
+        """A local path the payload can read the file from."""
+        ...
+
+    def store(self, source: Path, lfn: str) -> Replica:
+        """Move a finished product into the store atomically; returns its replica."""
+        ...
+
+
+@dataclass(frozen=True)
+class NewFile:
+    lfn: str
+    size: int
+    checksum: str
+    metadata: Mapping[str, object]
+    replicas: Sequence[Replica] = field(default_factory=tuple)

@@ -1,0 +1,72 @@
+"""Reading production files (with ``include:`` of shipped or neighbouring transformation files)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from osa_grid.core.loading import Document, build_production, parse_yaml
+from osa_grid.core.models import Production
+from osa_grid.errors import ProductionInvalid
+from osa_grid.resources import shipped
+
+MAX_INCLUDE_DEPTH = 1
+
+
+def load_production(path: Path) -> Production:
+    return build_production(load_document(path))
+
+
+def load_document(path: Path) -> Document:
+    document = _read(path)
+    transformations = document.data.get("transformations") if isinstance(document.data, dict) else None
+    if isinstance(transformations, list):
+        for index, item in enumerate(transformations):
+            if isinstance(item, dict) and "include" in item:
+                _include(document, path, index, item)
+    return document
+
+
+def _read(path: Path) -> Document:
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ProductionInvalid(f"{path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProductionInvalid(f"{path}: cannot be read: {exc}") from exc
+    return parse_yaml(text, str(path))
+
+
+def _include(document: Document, path: Path, index: int, item: dict[str, Any]) -> None:
+    """``- include: name.yaml`` (+ optional overrides of top-level keys) takes a transformation from a file."""
+    where = document.origin(("transformations", index))
+    target = _find_include(path, str(item["include"]), str(where))
+    included = _read(target)
+    if not isinstance(included.data, dict):
+        raise ProductionInvalid(f"{target}: a transformation file must hold a mapping")
+    overrides = {k: v for k, v in item.items() if k != "include"}
+    document.graft(("transformations", index), included)
+    document.data["transformations"][index].update(overrides)
+
+
+def _find_include(production_file: Path, name: str, where: str) -> Path:
+    for base in (production_file.parent, shipped("transformations")):
+        candidate = base / name
+        if candidate.is_file():
+            return candidate
+    raise ProductionInvalid(f"{where}: include {name!r} found neither next to the production nor in transformations/")
+
+
+def definition_of(production: Production) -> dict[str, Any]:
+    return production.model_dump(mode="json", by_alias=True)
+
+
+def digest_of(production: Production) -> str:
+    return hashlib.sha256(json.dumps(definition_of(production), sort_keys=True).encode()).hexdigest()
+
+
+def production_from_definition(definition: dict[str, Any]) -> Production:
+    """A production as stored in the catalog (already validated when it was saved)."""
+    return Production.model_validate(definition)

@@ -1,0 +1,357 @@
+"""The shepherd: observe -> plan -> act, pass after pass, until the production has nothing left to do.
+
+Every state change is written to the catalog before the outside world is touched (reserve a submission,
+then call the backend, then record its job id), so a shepherd killed at any moment can be started again
+and carries on: lost jobs run again, finished ones never do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from osa_grid import __version__
+from osa_grid.catalog.store import Catalog, CatalogFile, Completion, Failure, TaskRow
+from osa_grid.core.models import Production, Resources, Transformation
+from osa_grid.core.planner import decide_retry, plan_groups, upstream_drained
+from osa_grid.core.rendering import RenderedOutput, render_outputs, render_task
+from osa_grid.core.states import ACTIVE, UNFINISHED, TaskState
+from osa_grid.core.validation import topological_order
+from osa_grid.data.checksums import adler32
+from osa_grid.errors import BadInput, OsaGridError, OutputCheckFailed
+from osa_grid.logs import event, get_logger
+from osa_grid.ports import Backend, DataManager, JobSpec, JobState, JobStatus, NewFile
+from osa_grid.system import identity_is_dead, process_identity
+
+log = get_logger("shepherd")
+
+
+@dataclass(frozen=True)
+class ShepherdOptions:
+    once: bool = False
+    flush: bool = False
+    poll_interval: float = 2.0
+    lease_ttl: timedelta = timedelta(minutes=2)
+
+
+@dataclass
+class PassReport:
+    created: int = 0
+    submitted: int = 0
+    finished: int = 0
+    failed: int = 0
+    lost: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def unfinished(self) -> int:
+        return sum(n for states in self.counts.values() for s, n in states.items() if TaskState(s) in UNFINISHED)
+
+    @property
+    def active(self) -> int:
+        return sum(n for states in self.counts.values() for s, n in states.items() if TaskState(s) in ACTIVE)
+
+
+class Shepherd:
+    def __init__(
+        self,
+        catalog: Catalog,
+        backend: Backend,
+        data: DataManager,
+        production: Production,
+        work_root: Path,
+        options: ShepherdOptions | None = None,
+        on_pass: Callable[[PassReport], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.backend = backend
+        self.data = data
+        self.production = production
+        self.work_root = work_root
+        self.options = options or ShepherdOptions()
+        self.on_pass = on_pass
+        self.identity = process_identity()
+        self.lease = f"production/{production.name}"
+        self._order = topological_order(production)
+        self._parents = {t.name: list(t.input.parents) for t in production.transformations}
+        self._software: dict[str, dict[str, str]] = {}
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> PassReport:
+        """Passes until nothing is left to do; with ``once``, a single pass (see ``_finish_once``)."""
+        self._take_lease()
+        try:
+            report = self.run_pass()
+            if self.options.once:
+                return self._finish_once(report)
+            while report.unfinished:
+                self.backend.wait_any(self.options.poll_interval)
+                report = self.run_pass()
+            return report
+        finally:
+            self.catalog.release_lease(self.lease, self.identity)
+
+    def _finish_once(self, report: PassReport) -> PassReport:
+        """A local pool's jobs die with this process: wait for those this pass started, start no others."""
+        if self.backend.capabilities.detached:
+            return report
+        while report.active:
+            self.backend.wait_any(self.options.poll_interval)
+            report = self.run_pass(submit=False)
+        return report
+
+    def _take_lease(self) -> None:
+        holder = self.catalog.lease_holder(self.lease)
+        stale = holder is not None and identity_is_dead(holder[0])
+        if stale and holder is not None:
+            event(log, "lease_stale", production=self.production.name, previous=holder[0])
+        self.catalog.acquire_lease(self.lease, self.identity, self.options.lease_ttl, stale=stale)
+
+    def run_pass(self, submit: bool = True) -> PassReport:
+        report = PassReport()
+        self.catalog.acquire_lease(self.lease, self.identity, self.options.lease_ttl)
+        self.observe(report)
+        self.plan(report)
+        if submit:
+            self.act(report)
+        report.counts = self.catalog.task_counts(self.production.name)
+        if self.on_pass is not None:
+            self.on_pass(report)
+        return report
+
+    # ------------------------------------------------------------------ observe
+    def observe(self, report: PassReport) -> None:
+        active = self.catalog.tasks(self.production.name, states=list(ACTIVE))
+        unsent = [t for t in active if t.job_id is None]
+        if unsent:
+            # Reserved but never handed to a backend: the shepherd died in between.
+            self.catalog.requeue_lost([t.task_id for t in unsent], "reserved but never submitted")
+            report.lost += len(unsent)
+        sent = [t for t in active if t.job_id is not None]
+        if not sent:
+            return
+        statuses = self.backend.poll([t.job_id for t in sent if t.job_id is not None])
+        started: list[str] = []
+        for task in sent:
+            status = statuses.get(task.job_id or "", JobStatus(JobState.LOST))
+            if status.state == JobState.RUNNING and task.state == TaskState.SUBMITTED:
+                started.append(task.task_id)
+            elif status.state == JobState.SUCCEEDED:
+                self._finish(task, status, report)
+            elif status.state == JobState.FAILED:
+                self._fail(task, status.failure or "failed", status.exit_code, status.message, status, report)
+            elif status.state == JobState.LOST:
+                self._lost(task, report)
+        if started:
+            self.catalog.mark_running(started)
+
+    def _lost(self, task: TaskRow, report: PassReport) -> None:
+        if task.job_id is not None:
+            self.backend.cancel([task.job_id])  # an orphan of an earlier shepherd may still be running
+        self.catalog.requeue_lost([task.task_id], f"job {task.job_id} unknown to the {self.backend.name} backend")
+        event(log, "task_lost", task=task.task_id, job=task.job_id)
+        report.lost += 1
+
+    def _finish(self, task: TaskRow, status: JobStatus, report: PassReport) -> None:
+        transformation = self.production.transformation(task.transformation)
+        inputs = self.catalog.task_inputs([task.task_id])[task.task_id]
+        try:
+            outputs = render_outputs(self.production.name, transformation, task.task_id, [f.record() for f in inputs])
+            new_files = [self._store_output(task, output) for output in outputs]
+            self.catalog.complete(
+                Completion(task.task_id, new_files, self._provenance(task, transformation, inputs, status, 0))
+            )
+        except (OutputCheckFailed, BadInput) as exc:
+            self._fail(task, "output", 0, str(exc), status, report)
+            return
+        event(log, "task_done", task=task.task_id, transformation=task.transformation, outputs=len(new_files))
+        report.finished += 1
+
+    def _store_output(self, task: TaskRow, output: RenderedOutput) -> NewFile:
+        produced = Path(task.workdir or "") / output.file_name
+        if not produced.is_file():
+            raise OutputCheckFailed(f"output {output.name}: {produced} was not written")
+        size = produced.stat().st_size
+        if size == 0:
+            raise OutputCheckFailed(f"output {output.name}: {produced} is empty")
+        checksum = adler32(produced)
+        replica = self.data.store(produced, output.lfn)
+        return NewFile(output.lfn, size, checksum, output.metadata, (replica,))
+
+    def _fail(
+        self,
+        task: TaskRow,
+        kind: str,
+        exit_code: int | None,
+        message: str,
+        status: JobStatus | None,
+        report: PassReport,
+    ) -> None:
+        transformation = self.production.transformation(task.transformation)
+        decision = decide_retry(transformation.retry, task.failures + 1, kind, exit_code)
+        target = {"retry": TaskState.READY, "veto": TaskState.VETOED, "fail": TaskState.FAILED}[decision.action]
+        resources = self._resources(task, transformation)
+        if decision.action == "retry":
+            resources = resources.scaled(decision.scale_memory, decision.scale_walltime)
+        error = f"{kind} (exit code {exit_code}): {message}".strip().rstrip(":")
+        inputs = self.catalog.task_inputs([task.task_id])[task.task_id]
+        provenance = self._provenance(task, transformation, inputs, status, exit_code)
+        self.catalog.fail(
+            Failure(task.task_id, target, exit_code, f"{error}; {decision.reason}", resources.model_dump(mode="json"), provenance)
+        )
+        event(log, "task_failed", task=task.task_id, kind=kind, exit=exit_code, next=target.value, log=task.workdir)
+        report.failed += 1
+
+    def _resources(self, task: TaskRow, transformation: Transformation) -> Resources:
+        if task.resources:
+            return Resources.model_validate(task.resources)
+        return transformation.step.resources
+
+    # ------------------------------------------------------------------ plan
+    def plan(self, report: PassReport) -> None:
+        counts = self.catalog.task_counts(self.production.name)
+        unfinished = {
+            name: sum(n for s, n in states.items() if TaskState(s) in UNFINISHED) for name, states in counts.items()
+        }
+        waiting = self.catalog.waiting_counts(self.production.name)
+        for transformation in self._order:
+            created = self._plan_transformation(transformation, unfinished, waiting)
+            unfinished[transformation.name] = unfinished.get(transformation.name, 0) + created
+            report.created += created
+
+    def _plan_transformation(
+        self, transformation: Transformation, unfinished: dict[str, int], waiting: dict[str, int]
+    ) -> int:
+        tid, cursor = self.catalog.transformation_cursor(self.production.name, transformation.name)
+        new = self.catalog.query(transformation.input.query, after_id=cursor)
+        flush = self.options.flush or (
+            transformation.grouping.flush_policy == "when_upstream_done"
+            and upstream_drained(self._parents, transformation.name, unfinished, waiting)
+        )
+        if not new and not (flush and waiting.get(transformation.name)):
+            return 0
+        candidates = self.catalog.pending_files(tid) + [f.record() for f in new]
+        outcome = plan_groups(self.production.name, transformation, candidates, flush)
+        new_cursor = max([cursor, *(f.id for f in new)])
+        created = self.catalog.record_plan(self.production.name, tid, outcome.tasks, outcome.pending, new_cursor)
+        waiting[transformation.name] = len(outcome.pending)
+        if created:
+            event(log, "tasks_created", transformation=transformation.name, count=created, waiting=len(outcome.pending))
+        return created
+
+    # ------------------------------------------------------------------ act
+    def act(self, report: PassReport) -> None:
+        slots = self.backend.free_slots()
+        if slots <= 0:
+            return
+        ready = self.catalog.tasks(self.production.name, states=[TaskState.READY], limit=slots)
+        if not ready:
+            return
+        inputs = self.catalog.task_inputs([t.task_id for t in ready])
+        workdirs = {t.task_id: str(self._workdir(t, t.attempt + 1)) for t in ready}
+        reserved = self.catalog.reserve_submissions(self.backend.name, workdirs)
+        specs: list[JobSpec] = []
+        for task in reserved:
+            spec = self._job_spec(task, inputs[task.task_id], report)
+            if spec is not None:
+                specs.append(spec)
+        if not specs:
+            return
+        job_ids = self.backend.submit(specs)
+        self.catalog.record_job_ids({spec.task_id: job_id for spec, job_id in zip(specs, job_ids, strict=True)})
+        report.submitted += len(specs)
+
+    def _workdir(self, task: TaskRow, attempt: int) -> Path:
+        return self.work_root / self.production.name / task.transformation / task.task_id / f"attempt-{attempt}"
+
+    def _job_spec(self, task: TaskRow, inputs: Sequence[CatalogFile], report: PassReport) -> JobSpec | None:
+        transformation = self.production.transformation(task.transformation)
+        workdir = Path(task.workdir or "")
+        try:
+            paths = [str(self.data.locate(f.lfn, f.replicas)) for f in inputs]
+            rendered = render_task(
+                self.production.name,
+                transformation,
+                task.task_id,
+                [f.record() for f in inputs],
+                paths,
+                str(workdir),
+                task.attempt,
+                self._resources(task, transformation),
+                sys.executable,
+            )
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OsaGridError as exc:
+            # The same inputs would fail the same way: stop here rather than retry.
+            self.catalog.fail(Failure(task.task_id, TaskState.VETOED, None, f"cannot prepare the task: {exc}", None, None))
+            event(log, "task_vetoed", task=task.task_id, reason=str(exc))
+            report.failed += 1
+            return None
+        return JobSpec(
+            task_id=task.task_id,
+            argv=rendered.argv,
+            env=rendered.env,
+            workdir=workdir,
+            stdout=workdir / "stdout.log",
+            stderr=workdir / "stderr.log",
+            resources=rendered.resources,
+            name=f"{self.production.name}.{transformation.name}",
+        )
+
+    # ------------------------------------------------------------------ provenance
+    def _provenance(
+        self,
+        task: TaskRow,
+        transformation: Transformation,
+        inputs: Sequence[CatalogFile],
+        status: JobStatus | None,
+        exit_code: int | None,
+    ) -> dict[str, Any]:
+        workdir = str(task.workdir or "")
+        try:
+            rendered = render_task(
+                self.production.name,
+                transformation,
+                task.task_id,
+                [f.record() for f in inputs],
+                [str(self.data.locate(f.lfn, f.replicas)) for f in inputs],
+                workdir,
+                task.attempt,
+                self._resources(task, transformation),
+                sys.executable,
+            )
+            argv, env = rendered.argv, rendered.env
+        except OsaGridError:
+            argv, env = list(transformation.step.argv), dict(transformation.step.env)
+        return {
+            "attempt": task.attempt,
+            "argv": argv,
+            "env": env,
+            "software": self._software_versions(transformation),
+            "config_digest": hashlib.sha256(transformation.model_dump_json().encode()).hexdigest(),
+            "host": socket.gethostname(),
+            "backend": self.backend.name,
+            "job_id": task.job_id,
+            "started_at": status.started_at if status else None,
+            "ended_at": (status.ended_at if status else None) or datetime.now(UTC),
+            "exit_code": exit_code,
+        }
+
+    def _software_versions(self, transformation: Transformation) -> dict[str, str]:
+        if transformation.name not in self._software:
+            versions = {"osa-grid": __version__, "python": platform.python_version()}
+            for distribution in transformation.step.software:
+                try:
+                    versions[distribution] = version(distribution)
+                except PackageNotFoundError:
+                    versions[distribution] = "not installed"
+            self._software[transformation.name] = versions
+        return self._software[transformation.name]

@@ -1,0 +1,1 @@
+"""Payload adapters: the programs that transformations run (argv builders, output conventions)."""

@@ -1,0 +1,49 @@
+"""Facts about this machine and its processes (I/O helpers shared by services and backends)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot, or None when there is no such process.
+
+    Together with the pid it names a process uniquely: a recycled pid has another start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after its closing one.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def process_identity(pid: int | None = None) -> str:
+    """host:pid:start-ticks of a process (this one by default)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{process_start_ticks(pid)}"
+
+
+def identity_is_dead(identity: str) -> bool:
+    """True only when the identity names a process on this host that no longer exists."""
+    try:
+        host, pid_text, ticks_text = identity.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False
+    return str(process_start_ticks(pid)) != ticks_text
+
+
+def total_memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / (1024 * 1024)
+    except OSError:
+        return None
+    return None
