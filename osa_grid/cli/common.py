@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -17,8 +18,9 @@ from osa_grid.errors import OsaGridError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-console = Console()
-errors = Console(stderr=True)
+# Output that is piped or logged should not be wrapped at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def settings_of(ctx: typer.Context) -> Settings:

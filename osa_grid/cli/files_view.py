@@ -30,7 +30,7 @@ def print_files(found: Sequence[CatalogFile], as_json: bool) -> None:
         return
     keys = sorted({k for item in found for k in item.metadata} - {"production", "transformation"})
     table = Table(title=f"{len(found)} file(s)", title_justify="left")
-    table.add_column("lfn", overflow="fold")
+    table.add_column("lfn", no_wrap=True)
     for key in keys[:8]:
         table.add_column(key)
     for item in found:

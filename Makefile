@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a step of those.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo-workspace
+
+.PHONY: setup demo test unit integration lint services clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	bash scripts/demo.sh $(DEMO_DIR)
+
+services:
+	bash scripts/postgres/ensure.sh
+
+lint: setup
+	$(BIN)/ruff check osa_grid tests catalog bench scripts
+	$(BIN)/ruff format --check osa_grid tests catalog bench scripts
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -q -m "not integration"
+
+integration: setup services
+	$(BIN)/pytest -q -m integration
+
+test: lint unit integration
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

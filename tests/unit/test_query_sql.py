@@ -1,0 +1,317 @@
+"""Query language v1 in SQL: ``compile_query`` selects exactly the files ``evaluate`` accepts."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy.dialects import postgresql, sqlite
+
+from osa_grid.catalog import schema
+from osa_grid.catalog.querysql import compile_query, like_pattern, sqlite_glob_pattern
+from osa_grid.core.metadata import MetaValue, sortable_text, value_type
+from osa_grid.core.query import OPERATORS, And, Comparison, InList, Node, Not, Or, evaluate, parse
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def insert_file(conn: sa.Connection, lfn: str, metadata: Mapping[str, MetaValue]) -> int:
+    """A file row and its typed metadata rows, stored the way the catalog stores them."""
+    row = {"lfn": lfn, "size": 0, "checksum": "00000001", "created_at": datetime.now(UTC)}
+    file_id = conn.execute(sa.insert(schema.files).values(row)).inserted_primary_key[0]
+    rows = [metadata_row(file_id, key, value) for key, value in metadata.items()]
+    if rows:
+        conn.execute(sa.insert(schema.file_metadata), rows)
+    return int(file_id)
+
+
+def metadata_row(file_id: int, key: str, value: MetaValue) -> dict[str, object]:
+    vtype = value_type(value)
+    row: dict[str, object] = {"file_id": file_id, "key": key, "vtype": vtype}
+    row.update(vint=None, vnum=None, vstr=None)
+    if vtype == "int":
+        row.update(vint=value, vnum=value)  # the database turns vnum into a double
+    elif vtype == "float":
+        row.update(vnum=value)
+    else:
+        row.update(vstr=sortable_text(value))  # type: ignore[arg-type]
+    return row
+
+
+def selected(conn: sa.Connection, node: Node) -> set[int]:
+    statement = sa.select(schema.files.c.id).where(compile_query(node))
+    return set(conn.execute(statement).scalars())
+
+
+def check_equivalence(
+    engine: sa.Engine, catalog: Sequence[Mapping[str, MetaValue]], nodes: Sequence[Node]
+) -> None:
+    """Insert the files, compare SQL and Python for each query, leave the database as it was."""
+    with engine.connect() as conn, conn.begin() as transaction:
+        ids = {insert_file(conn, f"file{i}", md): md for i, md in enumerate(catalog)}
+        for node in nodes:
+            expected = {file_id for file_id, md in ids.items() if evaluate(node, md)}
+            assert selected(conn, node) == expected, node
+        transaction.rollback()
+
+
+# ---------------------------------------------------------------------------------- engines
+
+
+@pytest.fixture(scope="module")
+def sqlite_engine() -> Iterator[sa.Engine]:
+    engine = sa.create_engine("sqlite://")
+    schema.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_engine() -> Iterator[sa.Engine]:
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"osagrid_qtest_{secrets.token_hex(6)}"
+    try:
+        create_database(admin, name)
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        reason = f"PostgreSQL is not reachable at {PG_URL}: {exc.orig}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    engine = sa.create_engine(PG_URL.rsplit("/", 1)[0] + "/" + name)
+    try:
+        schema.metadata.create_all(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def create_database(admin: sa.Engine, name: str) -> None:
+    """Prefer a linguistic default collation, to prove that ordering does not depend on it."""
+    with admin.connect() as conn:
+        try:
+            conn.execute(
+                sa.text(
+                    f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+                )
+            )
+        except sa.exc.ProgrammingError:  # built without ICU: the server's default collation
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+
+
+# ------------------------------------------------------------------------ example catalogue
+
+CATALOG: list[dict[str, MetaValue]] = [
+    {
+        "run_id": 1807,
+        "data_level": "DL1",
+        "night": date(2024, 1, 1),
+        "zenith": 20.5,
+        "name": "dl1_LST-1.Run01807.h5",
+    },
+    {
+        "run_id": 1808,
+        "data_level": "DL2",
+        "night": date(2024, 1, 2),
+        "zenith": 20,
+        "name": "DL2_LST-1.Run01808.h5",
+    },
+    {"run_id": "1809", "data_level": "dl1", "night": "2024-01-01", "name": "dl1_100%_a.h5"},
+    {"run_id": 2**53 + 1, "start": datetime(2024, 1, 1, 20, tzinfo=UTC), "name": "dl1-x[1].h5"},
+    {"run_id": 2.0**53, "start": datetime(2024, 1, 1, 21, 30), "name": "b", "version": "0.12.3"},
+    {"data_level": "Ä", "name": "a\\b", "version": "0.9"},
+    {"data_level": "a", "name": "A_B", "zenith": float("inf")},
+    {},
+]
+
+QUERIES = [
+    "run_id = 1807",
+    "run_id = 1807.0",
+    "run_id = '1809'",
+    "run_id != 1807",
+    "run_id > 1807 and run_id < 1809",
+    "run_id = 9007199254740993",
+    "run_id = 9007199254740992",
+    "run_id = 9007199254740992.0",
+    "run_id >= 9007199254740992",
+    "run_id in (1807, 1809, '1809')",
+    "run_id not in (1807)",
+    "run_id not in (x)",
+    "run_id not in (1807, x)",
+    "not run_id = 1807",
+    "data_level = DL1",
+    "data_level ~ 'DL*'",
+    "data_level ~ 'dl?'",
+    "data_level < a",
+    "data_level > Z",
+    "data_level >= DL1 and data_level <= DL2",
+    "data_level in (DL1, dl1) or zenith > 20",
+    "night = 2024-01-01",
+    "night >= 2024-01-01 and night < 2024-01-02",
+    "night ~ '2024-01-0?'",
+    "start >= 2024-01-01 and start < 2024-01-02",
+    "start = 2024-01-01T21:00:00+01:00",
+    "start > 2024-01-01T21:00:00Z",
+    "zenith = 20",
+    "zenith > 20",
+    "zenith >= 1e308",
+    "name ~ 'dl1_*'",
+    "name ~ 'DL?_*'",
+    "name ~ '*100%*'",
+    "name ~ 'A_B'",
+    "name ~ 'a_b'",
+    "name ~ 'dl1-x[1].h5'",
+    "name ~ 'a\\\\b'",
+    "name ~ '*'",
+    "version ~ '0.*' and not version = 0.9",
+    "not (name ~ '*.h5' or missing = 1)",
+]
+
+
+@pytest.mark.parametrize("text", QUERIES)
+def test_examples_match_python(sqlite_engine: sa.Engine, text: str) -> None:
+    check_equivalence(sqlite_engine, CATALOG, [parse(text)])
+
+
+def test_examples_select_what_they_should(sqlite_engine: sa.Engine) -> None:
+    with sqlite_engine.connect() as conn, conn.begin() as transaction:
+        ids = [insert_file(conn, f"file{i}", md) for i, md in enumerate(CATALOG)]
+
+        def files(text: str) -> set[int]:
+            return {ids.index(file_id) for file_id in selected(conn, parse(text))}
+
+        assert files("run_id = 1807") == {0}
+        # Exact between ints; an int against a float compares as doubles (float(2**53 + 1) == 2**53).
+        assert files("run_id = 9007199254740993") == {3, 4}
+        assert files("run_id = 9007199254740992") == {4}
+        assert files("run_id = 9007199254740992.0") == {3, 4}
+        assert files("data_level ~ 'dl?'") == {2}  # case-sensitive on SQLite too
+        assert files("name ~ 'A_B'") == {6}  # '_' is not a wildcard
+        assert files("name ~ '*100%*'") == {2}  # '%' is not a wildcard
+        assert files("night = 2024-01-01") == {0, 2}
+        assert files("not run_id = 1807") == {1, 2, 3, 4, 5, 6, 7}
+        assert files("run_id not in (1807, x)") == {1, 2, 3, 4}
+        transaction.rollback()
+
+
+def test_cached_statements_use_each_querys_values(sqlite_engine: sa.Engine) -> None:
+    # Same shape, different glob and bound values: the compiled-SQL cache must not mix them up.
+    with sqlite_engine.connect() as conn, conn.begin() as transaction:
+        first = insert_file(conn, "first", {"name": "alpha", "night": date(2024, 1, 1)})
+        second = insert_file(conn, "second", {"name": "beta", "night": date(2024, 1, 2)})
+        for _ in range(3):
+            assert selected(conn, parse("name ~ 'a*' and night < 2024-01-02")) == {first}
+            assert selected(conn, parse("name ~ 'b*' and night < 2024-01-03")) == {second}
+        transaction.rollback()
+
+
+def test_values_are_bound_parameters() -> None:
+    node = parse("""source = "Crab'; DROP TABLE files; --" or name ~ 'x*' or night < 2024-01-01""")
+    statement = sa.select(schema.files.c.id).where(compile_query(node))
+    for dialect in (sqlite.dialect(), postgresql.dialect()):
+        sql = str(statement.compile(dialect=dialect))
+        assert "DROP" not in sql and "2024" not in sql and "x%" not in sql and "'x" not in sql
+
+
+def test_typed_columns_are_used() -> None:
+    def sql(text: str) -> str:
+        return str(compile_query(parse(text)).compile(dialect=postgresql.dialect()))
+
+    assert "vint =" in sql("run_id = 1807")
+    assert "vint" not in sql("zenith = 20.5") and "vnum =" in sql("zenith = 20.5")
+    assert "vstr =" in sql("night = 2024-01-01") and 'COLLATE "C"' not in sql("night = 2024-01-01")
+    assert 'vstr COLLATE "C" <' in sql("night < 2024-01-01")
+    assert "LIKE" in sql("name ~ 'x*'")
+
+
+@pytest.mark.parametrize(
+    ("glob", "like", "sqlite_glob"),
+    [
+        ("dl1_*.h5", "dl1\\_%.h5", "dl1_*.h5"),
+        ("100%?", "100\\%_", "100%?"),
+        ("a\\b", "a\\\\b", "a\\b"),
+        ("[x]", "[x]", "[[]x]"),
+    ],
+)
+def test_glob_translation(glob: str, like: str, sqlite_glob: str) -> None:
+    assert like_pattern(glob) == like
+    assert sqlite_glob_pattern(glob) == sqlite_glob
+
+
+# ---------------------------------------------------------------- random queries and catalogs
+
+KEYS = ["a", "b", "c"]
+INTS = st.integers(-3, 3) | st.sampled_from([2**53, 2**53 + 1, 2**63 - 1, -(2**63)])
+FLOATS = st.sampled_from([0.0, -0.0, 0.5, 1.0, 2.0, -1.5, 2.0**53, 1e300]) | st.floats(
+    allow_nan=False, allow_infinity=False
+)
+TEXTS = st.text(st.sampled_from("aAbB*?_%\\[]-.é😀"), max_size=4) | st.sampled_from(
+    ["", "DL1", "dl1", "2024-01-01", "2024-01-01T20:00:00+00:00"]
+)
+DATES = st.sampled_from([date(2023, 12, 31), date(2024, 1, 1), date(2024, 1, 2)])
+DATETIMES = st.sampled_from(
+    [
+        datetime(2024, 1, 1, tzinfo=UTC),
+        datetime(2024, 1, 1, 20, tzinfo=UTC),
+        datetime(2024, 1, 1, 21, tzinfo=timezone(timedelta(hours=1))),
+        datetime(2024, 1, 1, 20),
+        datetime(2024, 1, 1, 20, 0, 0, 500000, tzinfo=UTC),
+    ]
+)
+LITERALS: st.SearchStrategy[MetaValue] = st.one_of(INTS, FLOATS, TEXTS, DATES, DATETIMES)
+STORED = LITERALS | st.sampled_from([float("inf"), float("-inf")])
+CATALOGS = st.lists(st.dictionaries(st.sampled_from(KEYS), STORED, max_size=3), max_size=6)
+
+
+@st.composite
+def comparisons(draw: st.DrawFn) -> Comparison:
+    op = draw(st.sampled_from(OPERATORS))
+    value = draw(TEXTS) if op == "~" else draw(LITERALS)
+    return Comparison(draw(st.sampled_from([*KEYS, "missing"])), op, value)
+
+
+LEAF = comparisons() | st.builds(
+    InList, st.sampled_from(KEYS), st.lists(LITERALS, min_size=1, max_size=3).map(tuple), st.booleans()
+)
+
+
+def _extend(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
+    items = st.lists(children, min_size=2, max_size=3).map(tuple)
+    return st.builds(Not, children) | st.builds(And, items) | st.builds(Or, items)
+
+
+NODES = st.recursive(LEAF, _extend, max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(CATALOGS, st.lists(NODES, min_size=1, max_size=4))
+def test_random_queries_match_python_on_sqlite(
+    sqlite_engine: sa.Engine, catalog: list[dict[str, MetaValue]], nodes: list[Node]
+) -> None:
+    check_equivalence(sqlite_engine, catalog, nodes)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("text", QUERIES)
+def test_examples_match_python_on_postgresql(pg_engine: sa.Engine, text: str) -> None:
+    check_equivalence(pg_engine, CATALOG, [parse(text)])
+
+
+@pytest.mark.integration
+@settings(max_examples=300, deadline=None)
+@given(CATALOGS, st.lists(NODES, min_size=1, max_size=4))
+def test_random_queries_match_python_on_postgresql(
+    pg_engine: sa.Engine, catalog: list[dict[str, MetaValue]], nodes: list[Node]
+) -> None:
+    check_equivalence(pg_engine, catalog, nodes)
