@@ -314,3 +314,7 @@ def _key_value(item: str) -> tuple[str, Any]:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sleep", type=float, default=0.0, help="extra seconds of 'work' (for tests)")
     parser.add_argument("--fail", action="store_true", help="exit 3 without output (for tests)")
+    parser.add_argument("--record", type=Path, help="append '<command> <target>' here when done (for tests)")
     sub = parser.add_subparsers(dest="command", required=True)
     inputs = sub.add_parser("make-inputs")
     inputs.add_argument("directory", type=Path)
@@ -130,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reconstruct(args.source, args.target, args.cut)
     else:
         summarize(args.target, args.sources)
+    if args.record is not None and args.command != "make-inputs":
+        with args.record.open("a") as record:
+            record.write(f"{args.command} {args.target.name}\n")
     return 0
 
 
