@@ -1,4 +1,4 @@
-"""Where the declarative content that ships with osa-grid lives (catalog migrations, transformations, workflows)."""
+"""Where the content shipped with osa-grid lives: catalog migrations, transformations, workflows."""
 
 from __future__ import annotations
 

@@ -261,7 +261,9 @@ class Catalog:
     def count(self, text: str) -> int:
         node = querylang.parse(text)
         with self.engine.connect() as conn:
-            return int(conn.scalar(sa.select(sa.func.count()).select_from(s.files).where(compile_query(node))) or 0)
+            return int(
+                conn.scalar(sa.select(sa.func.count()).select_from(s.files).where(compile_query(node))) or 0
+            )
 
     def max_file_id(self) -> int:
         with self.engine.connect() as conn:

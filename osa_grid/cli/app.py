@@ -33,7 +33,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-production_app = typer.Typer(help="Run and steer productions (chains of transformations).", no_args_is_help=True)
+production_app = typer.Typer(
+    help="Run and steer productions (chains of transformations).", no_args_is_help=True
+)
 files_app = typer.Typer(help="Register and inspect files in the catalog.", no_args_is_help=True)
 app.add_typer(production_app, name="production")
 app.add_typer(files_app, name="files")
@@ -48,9 +50,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    config: Annotated[Optional[Path], typer.Option(help="TOML settings file (default: ./osa-grid.toml)")] = None,  # noqa: UP045
+    config: Annotated[
+        Path | None, typer.Option(help="TOML settings file (default: ./osa-grid.toml)")
+    ] = None,
     home: Annotated[Optional[Path], typer.Option(help="Workspace directory (OSA_GRID_HOME)")] = None,  # noqa: UP045
-    catalog: Annotated[Optional[str], typer.Option(help="Catalog database URL (OSA_GRID_CATALOG_URL)")] = None,  # noqa: UP045
+    catalog: Annotated[
+        str | None, typer.Option(help="Catalog database URL (OSA_GRID_CATALOG_URL)")
+    ] = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log lines")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
@@ -92,16 +98,26 @@ def production_run(
             production.name, definition_of(production), digest_of(production), production_file.read_text()
         )
         options = ShepherdOptions(
-            once=once, flush=flush, poll_interval=settings.poll_interval, lease_ttl=_ttl(settings.lease_seconds)
+            once=once,
+            flush=flush,
+            poll_interval=settings.poll_interval,
+            lease_ttl=_ttl(settings.lease_seconds),
         )
         order = [t.name for t in topological_order(production)]
         show_live = live and console.is_terminal
 
         def render(report: PassReport) -> Any:
-            return production_table(production.name, report.counts, order, workspace.catalog.waiting_counts(production.name))
+            return production_table(
+                production.name, report.counts, order, workspace.catalog.waiting_counts(production.name)
+            )
 
         shepherd = Shepherd(
-            workspace.catalog, workspace.backend(backend), workspace.data, production, workspace.work_root, options
+            workspace.catalog,
+            workspace.backend(backend),
+            workspace.data,
+            production,
+            workspace.work_root,
+            options,
         )
         if show_live:
             with Live(console=console, refresh_per_second=4) as display:
@@ -129,7 +145,9 @@ def _summarize(workspace: Workspace, production: Production, report: PassReport,
     else:
         console.print(f"production {production.name}: nothing left to do.")
     if any(waiting.values()):
-        console.print("Some files wait in incomplete groups (e.g. runs missing sub-runs): --flush processes them.")
+        console.print(
+            "Some files wait in incomplete groups (e.g. runs missing sub-runs): --flush processes them."
+        )
     if problems:
         raise typer.Exit(1)
 
@@ -153,8 +171,14 @@ def production_status(
                 "counts": counts,
                 "waiting_files": waiting,
                 "failed": [
-                    {"task_id": t.task_id, "transformation": t.transformation, "state": t.state.value,
-                     "exit_code": t.exit_code, "error": t.error, "workdir": t.workdir}
+                    {
+                        "task_id": t.task_id,
+                        "transformation": t.transformation,
+                        "state": t.state.value,
+                        "exit_code": t.exit_code,
+                        "error": t.error,
+                        "workdir": t.workdir,
+                    }
                     for t in problems
                 ],
             }
@@ -166,20 +190,36 @@ def production_status(
 
 
 def _operator_action(
-    ctx: typer.Context, production: str, source: list[TaskState], target: TaskState, kind: str,
-    task: list[str] | None, transformation: str | None,
+    ctx: typer.Context,
+    production: str,
+    source: list[TaskState],
+    target: TaskState,
+    kind: str,
+    task: list[str] | None,
+    transformation: str | None,
 ) -> int:
     with open_workspace(settings_of(ctx)) as workspace:
         prod = _production(workspace, production)
         if transformation is not None:
-            prod.transformation(transformation) if transformation in {t.name for t in prod.transformations} else _unknown(transformation, prod)
+            prod.transformation(transformation) if transformation in {
+                t.name for t in prod.transformations
+            } else _unknown(transformation, prod)
         changed = workspace.catalog.set_states(
-            prod.name, source, target, kind, task_ids=_expand_ids(workspace, prod.name, task),
-            transformation=transformation, reset_failures=target == TaskState.READY,
+            prod.name,
+            source,
+            target,
+            kind,
+            task_ids=_expand_ids(workspace, prod.name, task),
+            transformation=transformation,
+            reset_failures=target == TaskState.READY,
         )
-        active = [row for row in changed if row.job_id and row.state in (TaskState.SUBMITTED, TaskState.RUNNING)]
+        active = [
+            row for row in changed if row.job_id and row.state in (TaskState.SUBMITTED, TaskState.RUNNING)
+        ]
         for backend_name in {row.backend for row in active if row.backend}:
-            workspace.backend(backend_name).cancel([row.job_id for row in active if row.backend == backend_name and row.job_id])
+            workspace.backend(backend_name).cancel(
+                [row.job_id for row in active if row.backend == backend_name and row.job_id]
+            )
         return len(changed)
 
 
@@ -212,8 +252,13 @@ def production_retry(
 ) -> None:
     """Make failed, vetoed and cancelled tasks ready again (their failure count starts over)."""
     n = _operator_action(
-        ctx, production, [TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED], TaskState.READY, "retry",
-        task, transformation,
+        ctx,
+        production,
+        [TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED],
+        TaskState.READY,
+        "retry",
+        task,
+        transformation,
     )
     console.print(f"{n} task(s) ready again; `osa-grid production run` runs them.")
 
@@ -228,9 +273,13 @@ def production_cancel(
 ) -> None:
     """Cancel tasks that have not finished (running jobs are killed)."""
     n = _operator_action(
-        ctx, production,
+        ctx,
+        production,
         [TaskState.CREATED, TaskState.STAGING, TaskState.READY, TaskState.SUBMITTED, TaskState.RUNNING],
-        TaskState.CANCELLED, "cancel", task, transformation,
+        TaskState.CANCELLED,
+        "cancel",
+        task,
+        transformation,
     )
     console.print(f"{n} task(s) cancelled.")
 
@@ -248,7 +297,9 @@ def status(ctx: typer.Context) -> None:
             prod = production_from_definition(workspace.catalog.production_definition(name))
             order = [t.name for t in topological_order(prod)]
             console.print(
-                production_table(name, workspace.catalog.task_counts(name), order, workspace.catalog.waiting_counts(name))
+                production_table(
+                    name, workspace.catalog.task_counts(name), order, workspace.catalog.waiting_counts(name)
+                )
             )
 
 
@@ -256,8 +307,12 @@ def status(ctx: typer.Context) -> None:
 @handle_errors
 def query(
     ctx: typer.Context,
-    expression: Annotated[str, typer.Argument(help="Metadata query, e.g. 'data_level = DL1 and run_id in (1807, 1808)'")],
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines: lfn, size, checksum, metadata, replicas")] = False,
+    expression: Annotated[
+        str, typer.Argument(help="Metadata query, e.g. 'data_level = DL1 and run_id in (1807, 1808)'")
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines: lfn, size, checksum, metadata, replicas")
+    ] = False,
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many files")] = None,  # noqa: UP045
     count: Annotated[bool, typer.Option("--count", help="Only the number of matching files")] = False,
 ) -> None:
@@ -276,8 +331,13 @@ def query(
 def files_register(
     ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Existing files (registered in place)")],
-    meta: Annotated[Optional[list[str]], typer.Option("--meta", "-m", help="key=value, typed like a query literal")] = None,  # noqa: UP045
-    pattern: Annotated[Optional[str], typer.Option(help="Metadata from names, e.g. 'LST-1.{stream:d}.Run{run_id:d}.{subrun_id:d}.fits.fz'")] = None,  # noqa: UP045
+    meta: Annotated[
+        list[str] | None, typer.Option("--meta", "-m", help="key=value, typed like a query literal")
+    ] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option(help="Metadata from names, e.g. 'LST-1.{stream:d}.Run{run_id:d}.{subrun_id:d}.fits.fz'"),
+    ] = None,
     lfn_prefix: Annotated[str, typer.Option(help="LFN = prefix/file name")] = "",
 ) -> None:
     """Add existing files with their metadata to the catalog (all or nothing)."""
@@ -296,12 +356,19 @@ def files_show(ctx: typer.Context, lfn: Annotated[str, typer.Argument(help="Logi
         if found is None:
             raise BadInput(f"no file {lfn!r} in the catalog")
         payload: dict[str, Any] = {
-            "lfn": found.lfn, "size": found.size, "adler32": found.checksum,
-            "metadata": {k: str(v) if not isinstance(v, int | float) else v for k, v in found.metadata.items()},
+            "lfn": found.lfn,
+            "size": found.size,
+            "adler32": found.checksum,
+            "metadata": {
+                k: str(v) if not isinstance(v, int | float) else v for k, v in found.metadata.items()
+            },
             "replicas": [{"store": r.store, "pfn": r.pfn, "state": r.state} for r in found.replicas],
         }
         if found.task_id:
-            payload["made_by"] = {"task_id": found.task_id, "provenance": workspace.catalog.provenance(found.task_id)[-1:]}
+            payload["made_by"] = {
+                "task_id": found.task_id,
+                "provenance": workspace.catalog.provenance(found.task_id)[-1:],
+            }
         console.print_json(json.dumps(payload, default=str))
 
 

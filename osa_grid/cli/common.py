@@ -41,7 +41,9 @@ def handle_errors(function: Callable[P, R]) -> Callable[P, R]:
             errors.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            errors.print("interrupted: the catalog holds every state change so far; run the command again to resume")
+            errors.print(
+                "interrupted: the catalog holds every state change so far; run the command again to resume"
+            )
             raise typer.Exit(130) from None
 
     return wrapper

@@ -25,10 +25,6 @@ from osa_grid.errors import OsaGridError
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$")
 _DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-# Names a step's argv may use besides the inputs' metadata keys.
-RESERVED_PLACEHOLDERS = frozenset(
-    {"input", "inputs", "task_id", "workdir", "attempt", "cores", "memory_gb", "production", "transformation", "python"}
-)
 FailureKind = Literal["failed", "timeout", "oom", "output", "lost", "cancelled", "node_fail"]
 
 
@@ -112,7 +108,7 @@ class Step(Strict):
     @field_validator("env")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
-        for key, value in env.items():
+        for key in env:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                 raise ValueError(f"environment variable name {key!r} is not valid")
         return env

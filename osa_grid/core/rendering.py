@@ -36,7 +36,10 @@ def render_outputs(
 ) -> list[RenderedOutput]:
     shared = common_metadata(inputs)
     names = _name_values(production, transformation, task_id, shared)
-    return [_render_output(output, names, shared, production, transformation.name) for output in transformation.outputs]
+    return [
+        _render_output(output, names, shared, production, transformation.name)
+        for output in transformation.outputs
+    ]
 
 
 def _name_values(
@@ -98,7 +101,12 @@ def render_task(
             argv += list(input_paths)
         else:
             argv.append(templates.render(element, values, "argument"))
-    env = {key: templates.render(value, values, f"environment {key}") for key, value in transformation.step.env.items()}
+    env = {
+        key: templates.render(value, values, f"environment {key}")
+        for key, value in transformation.step.env.items()
+    }
     if not argv[0]:
-        raise TemplateError(f"transformation {transformation.name}: the command renders to an empty program name")
+        raise TemplateError(
+            f"transformation {transformation.name}: the command renders to an empty program name"
+        )
     return RenderedTask(argv, env, outputs, resources)

@@ -1,4 +1,4 @@
-"""Data managers: where files live and how products are stored. Chosen by name through ``create_data_manager``."""
+"""Data managers: where files live and how products are stored; chosen by name (``create_data_manager``)."""
 
 from __future__ import annotations
 

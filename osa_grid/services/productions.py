@@ -40,7 +40,7 @@ def _read(path: Path) -> Document:
 
 
 def _include(document: Document, path: Path, index: int, item: dict[str, Any]) -> None:
-    """``- include: name.yaml`` (+ optional overrides of top-level keys) takes a transformation from a file."""
+    """``- include: name.yaml`` (plus optional overrides of top-level keys): a transformation from a file."""
     where = document.origin(("transformations", index))
     target = _find_include(path, str(item["include"]), str(where))
     included = _read(target)
@@ -56,7 +56,9 @@ def _find_include(production_file: Path, name: str, where: str) -> Path:
         candidate = base / name
         if candidate.is_file():
             return candidate
-    raise ProductionInvalid(f"{where}: include {name!r} found neither next to the production nor in transformations/")
+    raise ProductionInvalid(
+        f"{where}: include {name!r} found neither next to the production nor in transformations/"
+    )
 
 
 def definition_of(production: Production) -> dict[str, Any]:

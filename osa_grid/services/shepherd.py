@@ -53,7 +53,9 @@ class PassReport:
 
     @property
     def unfinished(self) -> int:
-        return sum(n for states in self.counts.values() for s, n in states.items() if TaskState(s) in UNFINISHED)
+        return sum(
+            n for states in self.counts.values() for s, n in states.items() if TaskState(s) in UNFINISHED
+        )
 
     @property
     def active(self) -> int:
@@ -156,7 +158,9 @@ class Shepherd:
     def _lost(self, task: TaskRow, report: PassReport) -> None:
         if task.job_id is not None:
             self.backend.cancel([task.job_id])  # an orphan of an earlier shepherd may still be running
-        self.catalog.requeue_lost([task.task_id], f"job {task.job_id} unknown to the {self.backend.name} backend")
+        self.catalog.requeue_lost(
+            [task.task_id], f"job {task.job_id} unknown to the {self.backend.name} backend"
+        )
         event(log, "task_lost", task=task.task_id, job=task.job_id)
         report.lost += 1
 
@@ -164,7 +168,9 @@ class Shepherd:
         transformation = self.production.transformation(task.transformation)
         inputs = self.catalog.task_inputs([task.task_id])[task.task_id]
         try:
-            outputs = render_outputs(self.production.name, transformation, task.task_id, [f.record() for f in inputs])
+            outputs = render_outputs(
+                self.production.name, transformation, task.task_id, [f.record() for f in inputs]
+            )
             new_files = [self._store_output(task, output) for output in outputs]
             self.catalog.complete(
                 Completion(task.task_id, new_files, self._provenance(task, transformation, inputs, status, 0))
@@ -197,7 +203,9 @@ class Shepherd:
     ) -> None:
         transformation = self.production.transformation(task.transformation)
         decision = decide_retry(transformation.retry, task.failures + 1, kind, exit_code)
-        target = {"retry": TaskState.READY, "veto": TaskState.VETOED, "fail": TaskState.FAILED}[decision.action]
+        target = {"retry": TaskState.READY, "veto": TaskState.VETOED, "fail": TaskState.FAILED}[
+            decision.action
+        ]
         resources = self._resources(task, transformation)
         if decision.action == "retry":
             resources = resources.scaled(decision.scale_memory, decision.scale_walltime)
@@ -205,9 +213,24 @@ class Shepherd:
         inputs = self.catalog.task_inputs([task.task_id])[task.task_id]
         provenance = self._provenance(task, transformation, inputs, status, exit_code)
         self.catalog.fail(
-            Failure(task.task_id, target, exit_code, f"{error}; {decision.reason}", resources.model_dump(mode="json"), provenance)
+            Failure(
+                task.task_id,
+                target,
+                exit_code,
+                f"{error}; {decision.reason}",
+                resources.model_dump(mode="json"),
+                provenance,
+            )
         )
-        event(log, "task_failed", task=task.task_id, kind=kind, exit=exit_code, next=target.value, log=task.workdir)
+        event(
+            log,
+            "task_failed",
+            task=task.task_id,
+            kind=kind,
+            exit=exit_code,
+            next=target.value,
+            log=task.workdir,
+        )
         report.failed += 1
 
     def _resources(self, task: TaskRow, transformation: Transformation) -> Resources:
@@ -219,7 +242,8 @@ class Shepherd:
     def plan(self, report: PassReport) -> None:
         counts = self.catalog.task_counts(self.production.name)
         unfinished = {
-            name: sum(n for s, n in states.items() if TaskState(s) in UNFINISHED) for name, states in counts.items()
+            name: sum(n for s, n in states.items() if TaskState(s) in UNFINISHED)
+            for name, states in counts.items()
         }
         waiting = self.catalog.waiting_counts(self.production.name)
         for transformation in self._order:
@@ -241,10 +265,18 @@ class Shepherd:
         candidates = self.catalog.pending_files(tid) + [f.record() for f in new]
         outcome = plan_groups(self.production.name, transformation, candidates, flush)
         new_cursor = max([cursor, *(f.id for f in new)])
-        created = self.catalog.record_plan(self.production.name, tid, outcome.tasks, outcome.pending, new_cursor)
+        created = self.catalog.record_plan(
+            self.production.name, tid, outcome.tasks, outcome.pending, new_cursor
+        )
         waiting[transformation.name] = len(outcome.pending)
         if created:
-            event(log, "tasks_created", transformation=transformation.name, count=created, waiting=len(outcome.pending))
+            event(
+                log,
+                "tasks_created",
+                transformation=transformation.name,
+                count=created,
+                waiting=len(outcome.pending),
+            )
         return created
 
     # ------------------------------------------------------------------ act
@@ -266,11 +298,15 @@ class Shepherd:
         if not specs:
             return
         job_ids = self.backend.submit(specs)
-        self.catalog.record_job_ids({spec.task_id: job_id for spec, job_id in zip(specs, job_ids, strict=True)})
+        self.catalog.record_job_ids(
+            {spec.task_id: job_id for spec, job_id in zip(specs, job_ids, strict=True)}
+        )
         report.submitted += len(specs)
 
     def _workdir(self, task: TaskRow, attempt: int) -> Path:
-        return self.work_root / self.production.name / task.transformation / task.task_id / f"attempt-{attempt}"
+        return (
+            self.work_root / self.production.name / task.transformation / task.task_id / f"attempt-{attempt}"
+        )
 
     def _job_spec(self, task: TaskRow, inputs: Sequence[CatalogFile], report: PassReport) -> JobSpec | None:
         transformation = self.production.transformation(task.transformation)
@@ -291,7 +327,9 @@ class Shepherd:
             workdir.mkdir(parents=True, exist_ok=True)
         except OsaGridError as exc:
             # The same inputs would fail the same way: stop here rather than retry.
-            self.catalog.fail(Failure(task.task_id, TaskState.VETOED, None, f"cannot prepare the task: {exc}", None, None))
+            self.catalog.fail(
+                Failure(task.task_id, TaskState.VETOED, None, f"cannot prepare the task: {exc}", None, None)
+            )
             event(log, "task_vetoed", task=task.task_id, reason=str(exc))
             report.failed += 1
             return None

@@ -86,8 +86,11 @@ def summarize(target: Path, sources: Sequence[Path]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m osa_grid.steps.toy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m osa_grid.steps.toy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--sleep", type=float, default=0.0, help="extra seconds of 'work' (for tests)")
     parser.add_argument("--fail", action="store_true", help="exit 3 without output (for tests)")
     parser.add_argument("--record", type=Path, help="append '<command> <target>' here when done (for tests)")

@@ -93,7 +93,9 @@ def test_sigkill_at_random_moments_gives_the_clean_result(tmp_path: Path) -> Non
             break
     else:
         pytest.fail("the production did not finish after 40 starts")
-    print(f"{kills} SIGKILLs, {sum(_executions(record).values())} step executions for {len(expected)} products")
+    print(
+        f"{kills} SIGKILLs, {sum(_executions(record).values())} step executions for {len(expected)} products"
+    )
     assert kills >= 3, "the trial should kill the shepherd several times"
     assert repeated == [], f"tasks that had finished ran again: {repeated}"
     assert _products(world) == expected

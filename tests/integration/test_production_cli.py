@@ -114,7 +114,7 @@ def test_once_makes_one_pass_and_a_cron_of_passes_finishes(world: ToyWorld) -> N
         assert result.returncode == 0, result.stderr
         passes += 1
         assert passes <= 10
-    # calibrate needs 3 passes, then merge, reconstruct and summarize one each (their tasks appear as data arrives).
+    # calibrate needs 3 passes, then merge, reconstruct and summarize one each (tasks appear with the data).
     assert passes == 6
 
 
@@ -145,7 +145,9 @@ def test_cancel_stops_what_has_not_run(world: ToyWorld) -> None:
 
 def test_bad_production_file_is_reported_with_file_line_and_field(world: ToyWorld) -> None:
     path = world.root / "broken.yaml"
-    path.write_text("name: broken\ntransformations:\n  - name: a\n    input: {query: 'x = 1'}\n    step: {argv: []}\n")
+    path.write_text(
+        "name: broken\ntransformations:\n  - name: a\n    input: {query: 'x = 1'}\n    step: {argv: []}\n"
+    )
     result = world.osa_grid("production", "run", str(path), "--no-live")
     assert result.returncode == 2
     assert f"{path}:5: transformations[0].step.argv" in result.stderr
@@ -164,7 +166,9 @@ def test_registering_a_missing_file_registers_nothing(world: ToyWorld) -> None:
     existing = next((world.root / "raw").iterdir())
     extra = world.root / "extra.csv"
     extra.write_text("x\n")
-    result = world.osa_grid("files", "register", str(extra), str(world.root / "nope.csv"), "-m", "data_level=R0")
+    result = world.osa_grid(
+        "files", "register", str(extra), str(world.root / "nope.csv"), "-m", "data_level=R0"
+    )
     assert result.returncode == 2 and "nope.csv" in result.stderr
     count = world.osa_grid("query", "data_level = R0", "--count")
     assert count.stdout.strip() == "6"

@@ -18,7 +18,11 @@ OSA_GRID = [sys.executable, "-m", "osa_grid.cli.app"]
 
 
 def toy_production(
-    name: str = "toy", record: Path | None = None, sleep: float = 0.0, fail: str | None = None, retries: int = 2
+    name: str = "toy",
+    record: Path | None = None,
+    sleep: float = 0.0,
+    fail: str | None = None,
+    retries: int = 2,
 ) -> dict[str, object]:
     """The four-step toy chain, with test knobs: record executions, slow steps down, make one step fail."""
 
@@ -30,7 +34,9 @@ def toy_production(
             knobs.append("--fail")
         return ["{python}", "-m", "osa_grid.steps.toy", *knobs, command, *rest]
 
-    def transformation(tname: str, query: str, parents: list[str], args: list[str], **extra: object) -> dict[str, object]:
+    def transformation(
+        tname: str, query: str, parents: list[str], args: list[str], **extra: object
+    ) -> dict[str, object]:
         return {
             "name": tname,
             "input": {"query": query, "from": parents},
@@ -43,22 +49,46 @@ def toy_production(
         "name": name,
         "transformations": [
             transformation(
-                "calibrate", "data_level = R0", [], argv("calibrate", "{input}", "{output.dl1}"),
-                outputs=[{"name": "dl1", "file_name": "dl1_Run{run_id:05d}.{subrun_id:04d}.csv",
-                          "metadata": {"data_level": "DL1"}}],
+                "calibrate",
+                "data_level = R0",
+                [],
+                argv("calibrate", "{input}", "{output.dl1}"),
+                outputs=[
+                    {
+                        "name": "dl1",
+                        "file_name": "dl1_Run{run_id:05d}.{subrun_id:04d}.csv",
+                        "metadata": {"data_level": "DL1"},
+                    }
+                ],
             ),
             transformation(
-                "merge", "data_level = DL1", ["calibrate"], argv("merge", "{output.run}", "{inputs}"),
+                "merge",
+                "data_level = DL1",
+                ["calibrate"],
+                argv("merge", "{output.run}", "{inputs}"),
                 grouping={"mode": "by_run", "keys": ["run_id"], "size_key": "n_subruns"},
-                outputs=[{"name": "run", "file_name": "dl1_Run{run_id:05d}.csv",
-                          "metadata": {"data_level": "DL1_RUN"}}],
+                outputs=[
+                    {
+                        "name": "run",
+                        "file_name": "dl1_Run{run_id:05d}.csv",
+                        "metadata": {"data_level": "DL1_RUN"},
+                    }
+                ],
             ),
             transformation(
-                "reconstruct", "data_level = DL1_RUN", ["merge"], argv("reconstruct", "{input}", "{output.dl2}"),
-                outputs=[{"name": "dl2", "file_name": "dl2_Run{run_id:05d}.csv", "metadata": {"data_level": "DL2"}}],
+                "reconstruct",
+                "data_level = DL1_RUN",
+                ["merge"],
+                argv("reconstruct", "{input}", "{output.dl2}"),
+                outputs=[
+                    {"name": "dl2", "file_name": "dl2_Run{run_id:05d}.csv", "metadata": {"data_level": "DL2"}}
+                ],
             ),
             transformation(
-                "summarize", "data_level = DL2", ["reconstruct"], argv("summarize", "{output.summary}", "{inputs}"),
+                "summarize",
+                "data_level = DL2",
+                ["reconstruct"],
+                argv("summarize", "{output.summary}", "{inputs}"),
                 grouping={"mode": "all"},
                 outputs=[{"name": "summary", "file_name": "summary.csv", "metadata": {"data_level": "DL3"}}],
             ),
@@ -91,8 +121,11 @@ class ToyWorld:
         catalog = Catalog.open(self.catalog_url)
         try:
             return register_paths(
-                catalog, paths, {"data_level": "R0", "n_subruns": subruns},
-                name_pattern="LST-1.Run{run_id:d}.{subrun_id:d}.r0.csv", lfn_prefix="raw",
+                catalog,
+                paths,
+                {"data_level": "R0", "n_subruns": subruns},
+                name_pattern="LST-1.Run{run_id:d}.{subrun_id:d}.r0.csv",
+                lfn_prefix="raw",
             )
         finally:
             catalog.close()
@@ -104,7 +137,12 @@ class ToyWorld:
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [*OSA_GRID, *args], env=self.env(), cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*OSA_GRID, *args],
+            env=self.env(),
+            cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def catalog(self) -> Catalog:
