@@ -1,4 +1,4 @@
-"""Small builders shared by the tests (imported as ``helpers``: pytest puts ``tests/`` on sys.path)."""
+"""Small builders shared by the tests (``from tests.helpers import ...``)."""
 
 from __future__ import annotations
 
@@ -110,11 +110,21 @@ transformations:
 """
 
 
+def toy_production_yaml(name: str = "test-chain", merge_version: str = "1.0") -> str:
+    """The toy production's text under another name, or with another version of ``merge``."""
+    head, merge = TOY_PRODUCTION_YAML.split("  - name: merge\n")
+    head = head.replace("name: test-chain\n", f"name: {name}\n", 1)
+    merge = merge.replace('version: "1.0"', f'version: "{merge_version}"', 1)
+    return f"{head}  - name: merge\n{merge}"
+
+
 def production_from_yaml(text: str = TOY_PRODUCTION_YAML, source: str = "test-chain.yaml") -> Production:
     return build_production(parse_yaml(text, source))
 
 
-def provenance_record(attempt: int = 1, *, job_id: str | None = "job-1", exit_code: int | None = 0) -> dict[str, Any]:
+def provenance_record(
+    attempt: int = 1, *, job_id: str | None = "job-1", exit_code: int | None = 0
+) -> dict[str, Any]:
     """A provenance row's values, as the shepherd writes them."""
     return {
         "attempt": attempt,

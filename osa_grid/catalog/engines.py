@@ -11,6 +11,11 @@ from sqlalchemy.engine import Engine, make_url
 
 from osa_grid.errors import BadInput, CatalogError
 
+# Execution option set on connections that write (``Catalog.transaction``).
+WRITER_OPTION = "osa_grid_writer"
+# Any constant: the PostgreSQL advisory lock that orders file registrations.
+_REGISTRATION_LOCK = 0x05A6_0001
+
 
 def _sqlite(url: sa.URL) -> Engine:
     database = url.database
@@ -20,6 +25,8 @@ def _sqlite(url: sa.URL) -> Engine:
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # Transactions are begun by the listener below, not by the driver's own guesswork.
+        dbapi_connection.isolation_level = None
         # WAL lets readers (status, query) run while a shepherd writes; NORMAL sync is safe under WAL.
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -28,7 +35,32 @@ def _sqlite(url: sa.URL) -> Engine:
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.close()
 
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        # A writer takes the write lock at BEGIN: two writers never read the same state and both act on it,
+        # and ids are handed out in commit order. Readers stay deferred and never block anyone.
+        immediate = connection.get_execution_options().get(WRITER_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
     return engine
+
+
+def _postgresql_registration_lock(connection: sa.Connection) -> None:
+    # Ids come from a sequence at insert time, not commit time: without this, a registration that commits
+    # late could carry an id below the planner's cursor and never be seen.
+    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _REGISTRATION_LOCK})
+
+
+REGISTRATION_LOCKS: dict[str, Callable[[sa.Connection], None]] = {
+    "postgresql": _postgresql_registration_lock,
+}
+
+
+def serialize_registrations(connection: sa.Connection) -> None:
+    """Make file registrations commit in id order (SQLite's immediate writers already do)."""
+    lock = REGISTRATION_LOCKS.get(connection.dialect.name)
+    if lock is not None:
+        lock(connection)
 
 
 def _postgresql(url: sa.URL) -> Engine:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from osa_grid.catalog import schema as s
-from osa_grid.catalog.engines import create_engine
+from osa_grid.catalog.engines import WRITER_OPTION, create_engine, serialize_registrations
 from osa_grid.catalog.migrate import upgrade
 from osa_grid.catalog.querysql import compile_query
 from osa_grid.catalog.values import collect, metadata_rows
@@ -109,7 +109,11 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as connection:
+        """A writing transaction (on SQLite it takes the write lock at once: writers never interleave)."""
+        with (
+            self.engine.connect().execution_options(**{WRITER_OPTION: True}) as connection,
+            connection.begin(),
+        ):
             yield connection
 
     # ---------------------------------------------------------------- events
@@ -123,6 +127,8 @@ class Catalog:
         to_state: str | None = None,
         **detail: Any,
     ) -> None:
+        if production is None and task_id is not None:
+            production = conn.scalar(sa.select(s.tasks.c.production).where(s.tasks.c.task_id == task_id))
         conn.execute(
             sa.insert(s.events).values(
                 at=utcnow(),
@@ -155,6 +161,9 @@ class Catalog:
         lfns = [f.lfn for f in new_files]
         if len(set(lfns)) != len(lfns):
             raise BadInput("the same LFN is given twice in one registration")
+        for new_file in new_files:
+            _check_lengths(new_file)
+        serialize_registrations(conn)
         existing = self._existing_lfns(conn, lfns)
         if existing:
             shown = ", ".join(sorted(existing)[:5])
@@ -570,10 +579,25 @@ class Catalog:
                     .where(s.tasks.c.task_id == task_id)
                     .values(job_id=job_id, updated_at=utcnow())
                 )
+            production_of: dict[str, str] = {}
+            for chunk in _chunks(list(job_ids)):
+                statement = sa.select(s.tasks.c.task_id, s.tasks.c.production).where(
+                    s.tasks.c.task_id.in_(chunk)
+                )
+                production_of.update({row.task_id: row.production for row in conn.execute(statement)})
+            unknown = set(job_ids) - set(production_of)
+            if unknown:
+                raise CatalogError(f"job ids given for unknown tasks: {', '.join(sorted(unknown)[:5])}")
             conn.execute(
                 sa.insert(s.events),
                 [
-                    {"at": utcnow(), "task_id": t, "kind": "submitted", "detail": {"job_id": j}}
+                    {
+                        "at": utcnow(),
+                        "production": production_of[t],
+                        "task_id": t,
+                        "kind": "submitted",
+                        "detail": {"job_id": j},
+                    }
                     for t, j in job_ids.items()
                 ],
             )
@@ -664,28 +688,42 @@ class Catalog:
         return changed
 
     # ---------------------------------------------------------------- leases
-    def acquire_lease(self, name: str, holder: str, ttl: timedelta, stale: bool = False) -> None:
-        """Take the lease, or renew it; ``stale`` allows taking over a holder known to be dead."""
+    def acquire_lease(self, name: str, holder: str, ttl: timedelta, dead_holder: str | None = None) -> None:
+        """Take the lease, or renew it; the lease of ``dead_holder`` (known to be dead) may be taken over."""
         now = utcnow()
         with self.transaction() as conn:
             row = conn.execute(sa.select(s.leases).where(s.leases.c.name == name).with_for_update()).first()
             if row is None:
-                conn.execute(
-                    sa.insert(s.leases).values(
-                        name=name, holder=holder, acquired_at=now, expires_at=now + ttl
-                    )
-                )
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            sa.insert(s.leases).values(
+                                name=name, holder=holder, acquired_at=now, expires_at=now + ttl
+                            )
+                        )
+                except sa.exc.IntegrityError:
+                    raise LeaseHeld(f"{name} was taken by another shepherd just now") from None
                 self._event(conn, "lease_acquired", None, None, holder=holder, lease=name)
                 return
-            if row.holder != holder and row.expires_at > now and not stale:
+            takeover = row.holder != holder
+            if takeover and row.expires_at > now and row.holder != dead_holder:
                 raise LeaseHeld(
                     f"{name} is held by {row.holder} until {row.expires_at:%Y-%m-%d %H:%M:%S} UTC: "
                     "another shepherd is running it"
                 )
-            conn.execute(
-                sa.update(s.leases).where(s.leases.c.name == name).values(holder=holder, expires_at=now + ttl)
+            # Compare-and-set: only if nobody changed the lease since it was read.
+            changed = conn.execute(
+                sa.update(s.leases)
+                .where(
+                    (s.leases.c.name == name)
+                    & (s.leases.c.holder == row.holder)
+                    & (s.leases.c.expires_at == row.expires_at)
+                )
+                .values(holder=holder, expires_at=now + ttl)
             )
-            if row.holder != holder:
+            if changed.rowcount != 1:
+                raise LeaseHeld(f"{name} was taken by another shepherd just now")
+            if takeover:
                 self._event(
                     conn, "lease_taken_over", None, None, holder=holder, previous=row.holder, lease=name
                 )
@@ -698,6 +736,29 @@ class Catalog:
     def release_lease(self, name: str, holder: str) -> None:
         with self.transaction() as conn:
             conn.execute(sa.delete(s.leases).where((s.leases.c.name == name) & (s.leases.c.holder == holder)))
+
+
+def _max_length(column: sa.Column[Any]) -> int | None:
+    return getattr(column.type, "length", None)
+
+
+def _check_lengths(new_file: NewFile) -> None:
+    """Every database must refuse the same values, with a clear message (SQLite would store anything)."""
+    checks: list[tuple[sa.Column[Any], str]] = [
+        (s.files.c.lfn, new_file.lfn),
+        (s.files.c.checksum, new_file.checksum),
+    ]
+    for replica in new_file.replicas:
+        checks += [
+            (s.replicas.c.store, replica.store),
+            (s.replicas.c.pfn, replica.pfn),
+            (s.replicas.c.state, replica.state),
+        ]
+    for column, value in checks:
+        length = _max_length(column)
+        if length is not None and len(value) > length:
+            where = f"{column.table.name}.{column.name}"
+            raise BadInput(f"{where} of {new_file.lfn[:80]!r} is longer than {length} characters")
 
 
 def _task_row(row: Any) -> TaskRow:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Group
 from rich.live import Live
 
 from osa_grid import __version__
@@ -14,7 +16,7 @@ from osa_grid.cli.common import console, handle_errors, settings_of
 from osa_grid.cli.views import failures_table, production_table
 from osa_grid.core.metadata import parse_literal
 from osa_grid.core.models import Production
-from osa_grid.core.states import TaskState
+from osa_grid.core.states import UNFINISHED, TaskState
 from osa_grid.core.validation import topological_order
 from osa_grid.errors import BadInput
 from osa_grid.logs import configure
@@ -50,13 +52,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    config: Annotated[
-        Path | None, typer.Option(help="TOML settings file (default: ./osa-grid.toml)")
-    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file (default: ./osa-grid.toml)")] = None,
     home: Annotated[Optional[Path], typer.Option(help="Workspace directory (OSA_GRID_HOME)")] = None,  # noqa: UP045
-    catalog: Annotated[
-        str | None, typer.Option(help="Catalog database URL (OSA_GRID_CATALOG_URL)")
-    ] = None,
+    catalog: Annotated[str | None, typer.Option(help="Catalog database URL (OSA_GRID_CATALOG_URL)")] = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log lines")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
@@ -286,21 +284,40 @@ def production_cancel(
 
 @app.command("status")
 @handle_errors
-def status(ctx: typer.Context) -> None:
-    """Every production in the catalog: tasks per transformation and state."""
+def status(
+    ctx: typer.Context,
+    watch: Annotated[bool, typer.Option(help="Keep refreshing until no production has work left")] = False,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes with --watch")] = 2.0,
+) -> None:
+    """Every production in the catalog: tasks per transformation and state, with progress bars."""
     with open_workspace(settings_of(ctx)) as workspace:
-        names = workspace.catalog.production_names()
-        if not names:
+        if not workspace.catalog.production_names():
             console.print(f"no productions in the catalog ({workspace.catalog.describe_url()})")
             return
-        for name in names:
-            prod = production_from_definition(workspace.catalog.production_definition(name))
-            order = [t.name for t in topological_order(prod)]
-            console.print(
-                production_table(
-                    name, workspace.catalog.task_counts(name), order, workspace.catalog.waiting_counts(name)
-                )
-            )
+        if not watch:
+            console.print(_all_productions(workspace)[0])
+            return
+        with Live(_all_productions(workspace)[0], console=console, refresh_per_second=2) as display:
+            while True:
+                view, unfinished = _all_productions(workspace)
+                display.update(view)
+                if not unfinished:
+                    break
+                time.sleep(interval)
+
+
+def _all_productions(workspace: Workspace) -> tuple[Group, int]:
+    tables = []
+    unfinished = 0
+    for name in workspace.catalog.production_names():
+        prod = production_from_definition(workspace.catalog.production_definition(name))
+        order = [t.name for t in topological_order(prod)]
+        counts = workspace.catalog.task_counts(name)
+        unfinished += sum(
+            n for states in counts.values() for st, n in states.items() if TaskState(st) in UNFINISHED
+        )
+        tables.append(production_table(name, counts, order, workspace.catalog.waiting_counts(name)))
+    return Group(*tables), unfinished
 
 
 @app.command("query")

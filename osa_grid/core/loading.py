@@ -74,7 +74,7 @@ def _build(node: yaml.Node, path: Path, source: str, origins: dict[Path, Origin]
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node)
+            key = _scalar(key_node, source)
             if key in result:
                 line = key_node.start_mark.line + 1
                 raise ProductionInvalid(f"{source}:{line}: key {key!r} appears twice")
@@ -82,14 +82,18 @@ def _build(node: yaml.Node, path: Path, source: str, origins: dict[Path, Origin]
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, index), source, origins) for index, item in enumerate(node.value)]
-    return _scalar(node)
+    return _scalar(node, source)
 
 
-def _scalar(node: yaml.Node) -> Any:
+def _scalar(node: yaml.Node, source: str) -> Any:
+    line = node.start_mark.line + 1
     if not isinstance(node, yaml.ScalarNode):
-        line = node.start_mark.line + 1
-        raise ProductionInvalid(f"line {line}: a mapping key must be a plain value")
-    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+        raise ProductionInvalid(f"{source}:{line}: a mapping key must be a plain value")
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ProductionInvalid(f"{source}:{line}: {node.value!r} cannot be read: {problem}") from exc
 
 
 def build_production(document: Document) -> Production:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
@@ -15,6 +16,7 @@ ValueType = Literal["int", "float", "str", "date", "datetime"]
 
 KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 MAX_STRING_LENGTH = 1024
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def value_type(value: object) -> ValueType:
@@ -50,8 +52,12 @@ def check_value(key: str, value: object) -> MetaValue:
             raise BadInput(f"metadata {key}: value contains a NUL character")
         if len(value) > MAX_STRING_LENGTH:
             raise BadInput(f"metadata {key}: value longer than {MAX_STRING_LENGTH} characters")
-    if isinstance(value, float) and value != value:
-        raise BadInput(f"metadata {key}: NaN is not a metadata value")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadInput(f"metadata {key}: {value} is not a metadata value (numbers must be finite)")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise BadInput(f"metadata {key}: {value} does not fit in 64 bits")
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)  # naive times are UTC, as everywhere in osa-grid
     return value  # type: ignore[return-value]
 
 

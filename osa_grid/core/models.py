@@ -28,17 +28,28 @@ _DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d"
 FailureKind = Literal["failed", "timeout", "oom", "output", "lost", "cancelled", "node_fail"]
 
 
+MAX_WALLTIME = timedelta(days=365)
+
+
 def _duration(value: Any) -> Any:
     """Wall times are written ``90``, ``30s``, ``10m``, ``2h`` or ``1d``."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
+    if isinstance(value, bool):
+        raise ValueError("a duration cannot be true or false")
+    if isinstance(value, int | float):
+        return _seconds(float(value))
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
+            return _seconds(float(match.group(1)) * _DURATION_UNITS[match.group(2)])
         if not value.startswith("P"):  # ISO 8601 (as stored in the catalog) is left to pydantic
             raise ValueError(f"{value!r} is not a duration (use e.g. 90, 30s, 10m, 2h, 1d)")
     return value
+
+
+def _seconds(seconds: float) -> timedelta:
+    if not seconds <= MAX_WALLTIME.total_seconds():  # also refuses NaN and infinity
+        raise ValueError(f"a duration of {seconds} s is out of range (at most {MAX_WALLTIME.days} days)")
+    return timedelta(seconds=seconds)
 
 
 def _text(value: Any) -> Any:
@@ -56,7 +67,7 @@ def _template(value: str) -> str:
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 Template = Annotated[str, AfterValidator(_template)]
-Text = Annotated[str, BeforeValidator(_text)]
+Text = Annotated[str, BeforeValidator(_text), Field(pattern=r"^[\x21-\x7e]{1,64}$")]
 
 
 @contextmanager
@@ -73,7 +84,7 @@ class Strict(BaseModel):
 
 
 class Resources(Strict):
-    cores: int = Field(1, ge=1, le=1024)
+    cores: int = Field(1, ge=1, le=1024, strict=True)
     memory_gb: float = Field(1.0, gt=0, le=4096)
     walltime: Duration = timedelta(hours=1)
 
@@ -120,7 +131,7 @@ class Grouping(Strict):
     keys: list[str] = Field(default_factory=lambda: ["run_id"], min_length=1)
     size_key: str | None = "n_subruns"
     # by_size: files per task.
-    size: int | None = Field(None, ge=1)
+    size: int | None = Field(None, ge=1, strict=True)
     # What to do with incomplete groups once every upstream task has finished.
     flush: Literal["never", "when_upstream_done"] | None = None
 
@@ -159,6 +170,9 @@ class Output(Strict):
     def _directory(cls, value: str) -> str:
         if value.startswith("/") or ".." in value.split("/"):
             raise ValueError(f"directory {value!r} must be relative and stay inside the store")
+        if value:
+            with _as_value_error():
+                templates.check_relative_path(templates.static_text(value).rstrip("/"))
         return value
 
     @field_validator("metadata", mode="before")
@@ -185,7 +199,7 @@ class Output(Strict):
 
 
 class RetryRule(Strict):
-    exit_codes: list[int] | None = None
+    exit_codes: list[Annotated[int, Field(strict=True)]] | None = None
     failures: list[FailureKind] | None = None
     action: Literal["retry", "veto"] = "retry"
     scale_memory: float = Field(1.0, gt=0)
@@ -198,7 +212,7 @@ class RetryRule(Strict):
 
 
 class RetryPolicy(Strict):
-    max_attempts: int = Field(3, ge=1, le=100)
+    max_attempts: int = Field(3, ge=1, le=100, strict=True)
     rules: list[RetryRule] = Field(default_factory=list)
 
 

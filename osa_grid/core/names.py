@@ -8,7 +8,8 @@ from osa_grid.core.metadata import MetaValue, parse_literal
 from osa_grid.errors import BadInput
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(d|int|f|float|s|str))?\}")
-_PATTERNS = {"d": r"[+-]?\d+", "int": r"[+-]?\d+", "f": r"[+-]?[\d.eE+-]+", "float": r"[+-]?[\d.eE+-]+"}
+_FLOAT = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_PATTERNS = {"d": r"[+-]?\d+", "int": r"[+-]?\d+", "f": _FLOAT, "float": _FLOAT}
 
 
 def name_pattern(template: str) -> re.Pattern[str]:
@@ -17,6 +18,7 @@ def name_pattern(template: str) -> re.Pattern[str]:
     position = 0
     seen: set[str] = set()
     for match in _FIELD.finditer(template):
+        _check_literal(template, template[position : match.start()])
         pieces.append(re.escape(template[position : match.start()]))
         name, kind = match.group(1), match.group(2) or ""
         if name in seen:
@@ -25,10 +27,16 @@ def name_pattern(template: str) -> re.Pattern[str]:
         pieces.append(f"(?P<{name}>{_PATTERNS.get(kind, '.+?')})")
         position = match.end()
     rest = template[position:]
-    if "{" in rest or "}" in rest:
-        raise BadInput(f"name pattern {template!r}: malformed field near {rest!r}")
+    _check_literal(template, rest)
     pieces.append(re.escape(rest))
     return re.compile("^" + "".join(pieces) + "$")
+
+
+def _check_literal(template: str, text: str) -> None:
+    if "{" in text or "}" in text:
+        raise BadInput(
+            f"name pattern {template!r}: malformed field near {text!r} (use {{name}} or {{name:d|f|s}})"
+        )
 
 
 def metadata_from_name(template: str, name: str) -> dict[str, MetaValue]:

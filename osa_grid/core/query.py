@@ -134,6 +134,11 @@ def check_query_value(value: object, written: str | None = None) -> MetaValue:
         raise BadInput(f"integer {shown} is out of range (64-bit signed integers only)")
     if isinstance(value, str) and "\x00" in value:
         raise BadInput("query strings cannot contain a NUL character")
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")  # lone surrogates (undecodable bytes from a shell) cannot be bound
+        except UnicodeEncodeError as exc:
+            raise BadInput(f"query string {shown} is not valid text: {exc.reason}") from exc
     return cast(MetaValue, value)
 
 
@@ -417,7 +422,7 @@ class _Absent(enum.Enum):
     UNKNOWN = "unknown"  # the key may or may not be there (satisfiability)
 
 
-Lookup = Callable[[str], MetaValue | _Absent]
+_Lookup = Callable[[str], MetaValue | _Absent]
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "=": operator.eq,
@@ -460,7 +465,7 @@ def _leaves(node: Node) -> Iterator[Comparison | InList]:
             yield from _leaves(item)
 
 
-def _evaluate3(node: Node, lookup: Lookup) -> bool | None:
+def _evaluate3(node: Node, lookup: _Lookup) -> bool | None:
     """Kleene evaluation: True, False or None (unknown)."""
     if isinstance(node, Comparison | InList):
         stored = lookup(node.key)
@@ -491,7 +496,7 @@ def compare(stored: MetaValue, op: Op, literal: MetaValue) -> bool:
     if op == "~":
         if not (isinstance(stored, str | date) and isinstance(literal, str)):
             return False
-        return glob_regex(literal).fullmatch(sortable_text(stored)) is not None
+        return _glob_regex(literal).fullmatch(sortable_text(stored)) is not None
     pair = _comparable(stored, literal)
     return pair is not None and _COMPARE[op](*pair)
 
@@ -509,7 +514,7 @@ def _comparable(stored: MetaValue, literal: MetaValue) -> tuple[Any, Any] | None
 
 
 @lru_cache(maxsize=1024)
-def glob_regex(pattern: str) -> re.Pattern[str]:
+def _glob_regex(pattern: str) -> re.Pattern[str]:
     """The regular expression of a glob: ``*`` any run, ``?`` one character, the rest literal."""
     parts = (".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern)
     return re.compile("".join(parts), re.DOTALL)

@@ -45,7 +45,12 @@ def render_outputs(
 def _name_values(
     production: str, transformation: Transformation, task_id: str, shared: Mapping[str, MetaValue]
 ) -> dict[str, object]:
-    return {**shared, "production": production, "transformation": transformation.name, "task_id": task_id}
+    return {
+        **shared,
+        "production": production,
+        "transformation": transformation.name,
+        "task_id": task_id,
+    }
 
 
 def _render_output(
@@ -56,7 +61,7 @@ def _render_output(
     transformation: str,
 ) -> RenderedOutput:
     file_name = templates.check_file_name(templates.render(output.file_name, names, f"output {output.name}"))
-    directory = templates.render(output.directory, names, f"output {output.name} directory").strip("/")
+    directory = templates.render(output.directory, names, f"output {output.name} directory").rstrip("/")
     lfn = templates.check_relative_path(f"{directory}/{file_name}" if directory else file_name)
     if output.inherit == "all":
         inherited = dict(shared)
@@ -84,14 +89,16 @@ def render_task(
     ``python`` is the interpreter osa-grid runs under, so that Python steps use the same environment.
     """
     outputs = render_outputs(production, transformation, task_id, inputs)
+    # Reserved names come after the metadata: an input's metadata can never replace them.
     values: dict[str, object] = {
-        "python": python,
         **_name_values(production, transformation, task_id, common_metadata(inputs)),
+        "python": python,
         "workdir": workdir,
         "attempt": attempt,
         "cores": resources.cores,
         "memory_gb": resources.memory_gb,
     }
+    values.pop("input", None)  # a metadata key named "input" must not pose as the input path
     if len(input_paths) == 1:
         values["input"] = input_paths[0]
     values.update({f"output.{o.name}": f"{workdir}/{o.file_name}" for o in outputs})
@@ -105,7 +112,7 @@ def render_task(
         key: templates.render(value, values, f"environment {key}")
         for key, value in transformation.step.env.items()
     }
-    if not argv[0]:
+    if not argv or not argv[0]:
         raise TemplateError(
             f"transformation {transformation.name}: the command renders to an empty program name"
         )

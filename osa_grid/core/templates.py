@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 
 from osa_grid.errors import TemplateError, UnsafeName
 
@@ -41,10 +42,11 @@ def fields(template: str) -> list[Field]:
 
 
 def _check_spec(template: str, name: str, spec: str) -> None:
-    """A format spec must suit at least one value type (``05d`` suits ints, ``>8`` anything)."""
+    """A format spec must suit at least one value type (``05d`` ints, ``>8`` anything, ``%Y%m%d`` dates)."""
     if not spec:
         return
-    for sample in (0, 0.0, "x"):
+    samples: tuple[object, ...] = (date(2000, 1, 1),) if "%" in spec else (0, 0.0, "x")
+    for sample in samples:
         try:
             format(sample, spec)
             return
@@ -90,8 +92,8 @@ def check_file_name(name: str) -> str:
         raise UnsafeName(f"file name {name!r} is empty or a directory reference")
     if "/" in name or "\\" in name or "\x00" in name:
         raise UnsafeName(f"file name {name!r} contains '/', '\\' or NUL")
-    if len(name) > MAX_NAME_LENGTH:
-        raise UnsafeName(f"file name {name[:40]!r}... is longer than {MAX_NAME_LENGTH} characters")
+    if len(name.encode()) > MAX_NAME_LENGTH:
+        raise UnsafeName(f"file name {name[:40]!r}... is longer than {MAX_NAME_LENGTH} bytes")
     if any(ord(c) < 32 for c in name):
         raise UnsafeName(f"file name {name!r} contains control characters")
     return name

@@ -42,29 +42,67 @@ def _check_transformation(
             problems.append(((*base, "input", "from"), f"unknown parent transformation {parent!r}"))
         elif parent == transformation.name:
             problems.append(((*base, "input", "from"), "a transformation cannot be its own parent"))
-        elif not any(_satisfies(o, node) for o in production.transformation(parent).outputs):
+        elif not _feeds(production, production.transformation(parent), node):
             problems.append(
                 (
                     (*base, "input", "query"),
                     f"no output of parent {parent!r} can match {transformation.input.query!r}",
                 )
             )
-    problems += _check_argv(base, transformation)
+    if _feeds(production, transformation, node):
+        problems.append(
+            (
+                (*base, "outputs"),
+                f"the outputs of {transformation.name!r} could match its own input query "
+                f"{transformation.input.query!r} and feed it for ever: give them metadata the query excludes "
+                "(e.g. outputs metadata data_level: DL1 with a query on data_level = R0)",
+            )
+        )
+    problems += _check_templates(base, transformation)
     return problems
 
 
-def _satisfies(output: Output, node: querylang.Node) -> bool:
-    if output.inherit == "none":
-        return querylang.satisfiable(node, output.metadata, open_keys=False)
-    return querylang.satisfiable(node, output.metadata, open_keys=True)
+def _output_can_match(
+    production: Production, parent: Transformation, output: Output, node: querylang.Node
+) -> bool:
+    """Could a file made by this output match the query? Inherited keys are unknown, so maybe."""
+    known = {**output.metadata, "production": production.name, "transformation": parent.name}
+    return querylang.satisfiable(node, known, open_keys=output.inherit != "none")
 
 
-def _check_argv(base: tuple[str | int, ...], transformation: Transformation) -> list[Problem]:
+def _feeds(production: Production, parent: Transformation, node: querylang.Node) -> bool:
+    return any(_output_can_match(production, parent, output, node) for output in parent.outputs)
+
+
+def feeders(production: Production) -> dict[str, set[str]]:
+    """For each transformation, the others whose outputs could match its input query (declared or not)."""
+    nodes = {t.name: querylang.parse(t.input.query) for t in production.transformations}
+    return {
+        child.name: {
+            parent.name
+            for parent in production.transformations
+            if parent.name != child.name and _feeds(production, parent, nodes[child.name])
+        }
+        for child in production.transformations
+    }
+
+
+def dependencies(production: Production) -> dict[str, list[str]]:
+    """Declared parents plus every transformation whose outputs could become inputs."""
+    inferred = feeders(production)
+    return {t.name: sorted(set(t.input.parents) | inferred[t.name]) for t in production.transformations}
+
+
+def _check_templates(base: tuple[str | int, ...], transformation: Transformation) -> list[Problem]:
+    places: list[tuple[tuple[str | int, ...], str]] = [
+        ((*base, "step", "argv", position), element)
+        for position, element in enumerate(transformation.step.argv)
+    ]
+    places += [((*base, "step", "env", key), value) for key, value in transformation.step.env.items()]
     problems: list[Problem] = []
     outputs = {f"output.{o.name}" for o in transformation.outputs}
-    for position, element in enumerate(transformation.step.argv):
-        for field in templates.fields(element):
-            where = (*base, "step", "argv", position)
+    for where, template in places:
+        for field in templates.fields(template):
             if field.name.startswith("output.") and field.name not in outputs:
                 problems.append((where, f"{{{field.name}}} names no declared output"))
             if field.name == "input" and transformation.grouping.mode != "per_file":
@@ -73,8 +111,8 @@ def _check_argv(base: tuple[str | int, ...], transformation: Transformation) -> 
 
 
 def find_cycle(production: Production) -> list[str]:
-    """A list of names forming a cycle through ``input.from``, or [] when the graph is a DAG."""
-    parents = {t.name: list(t.input.parents) for t in production.transformations}
+    """A list of names forming a cycle of dependencies, or [] when the graph is a DAG."""
+    parents = dependencies(production)
     state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
     path: list[str] = []
 
@@ -101,12 +139,13 @@ def find_cycle(production: Production) -> list[str]:
 
 
 def topological_order(production: Production) -> list[Transformation]:
-    """Parents before children; ties keep the order of the file."""
+    """Parents (declared or inferred) before children; ties keep the order of the file."""
+    parents = dependencies(production)
     done: set[str] = set()
     ordered: list[Transformation] = []
     remaining = list(production.transformations)
     while remaining:
-        ready = [t for t in remaining if all(p in done for p in t.input.parents)]
+        ready = [t for t in remaining if all(p in done for p in parents[t.name])]
         if not ready:
             raise ValueError("cycle in production (check_production should have caught it)")
         for transformation in ready:

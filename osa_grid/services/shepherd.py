@@ -24,7 +24,7 @@ from osa_grid.core.models import Production, Resources, Transformation
 from osa_grid.core.planner import decide_retry, plan_groups, upstream_drained
 from osa_grid.core.rendering import RenderedOutput, render_outputs, render_task
 from osa_grid.core.states import ACTIVE, UNFINISHED, TaskState
-from osa_grid.core.validation import topological_order
+from osa_grid.core.validation import dependencies, topological_order
 from osa_grid.data.checksums import adler32
 from osa_grid.errors import BadInput, OsaGridError, OutputCheckFailed
 from osa_grid.logs import event, get_logger
@@ -83,7 +83,7 @@ class Shepherd:
         self.identity = process_identity()
         self.lease = f"production/{production.name}"
         self._order = topological_order(production)
-        self._parents = {t.name: list(t.input.parents) for t in production.transformations}
+        self._parents = dependencies(production)
         self._software: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------------ loop
@@ -112,10 +112,10 @@ class Shepherd:
 
     def _take_lease(self) -> None:
         holder = self.catalog.lease_holder(self.lease)
-        stale = holder is not None and identity_is_dead(holder[0])
-        if stale and holder is not None:
-            event(log, "lease_stale", production=self.production.name, previous=holder[0])
-        self.catalog.acquire_lease(self.lease, self.identity, self.options.lease_ttl, stale=stale)
+        dead = holder[0] if holder is not None and identity_is_dead(holder[0]) else None
+        if dead is not None:
+            event(log, "lease_stale", production=self.production.name, previous=dead)
+        self.catalog.acquire_lease(self.lease, self.identity, self.options.lease_ttl, dead_holder=dead)
 
     def run_pass(self, submit: bool = True) -> PassReport:
         report = PassReport()

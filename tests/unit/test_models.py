@@ -124,25 +124,25 @@ def test_models_are_frozen() -> None:
     ],
 )
 def test_walltime_parsing(written: object, expected: timedelta) -> None:
-    assert Resources(walltime=written).walltime == expected  # type: ignore[arg-type]
+    assert Resources(walltime=written).walltime == expected
 
 
 @pytest.mark.parametrize("written", ["10x", "ten minutes", "10 m 5 s", "", "-5m", "1e3", "Pbad", [10], None])
 def test_walltime_bad_values_are_refused(written: object) -> None:
     with pytest.raises(ValidationError) as info:
-        Resources(walltime=written)  # type: ignore[arg-type]
+        Resources(walltime=written)
     assert info.value.errors()[0]["loc"] == ("walltime",)
 
 
 @pytest.mark.parametrize("written", [0, "0s", -5, -0.5])
 def test_walltime_must_be_positive(written: object) -> None:
     with pytest.raises(ValidationError, match="positive"):
-        Resources(walltime=written)  # type: ignore[arg-type]
+        Resources(walltime=written)
 
 
 def test_walltime_bad_duration_message_shows_the_accepted_forms() -> None:
     with pytest.raises(ValidationError, match=r"'10x' is not a duration \(use e.g. 90, 30s"):
-        Resources(walltime="10x")  # type: ignore[arg-type]
+        Resources(walltime="10x")
 
 
 @pytest.mark.parametrize("written", [float("inf"), 10**20, "99999999999d"])
@@ -150,23 +150,23 @@ def test_walltime_out_of_range_is_a_validation_error(written: object) -> None:
     # BUG: timedelta() raises OverflowError, which pydantic does not turn into a ValidationError,
     # so `walltime: .inf` or `walltime: 99999999999d` in YAML crashes loading with a raw OverflowError.
     with pytest.raises(ValidationError):
-        Resources(walltime=written)  # type: ignore[arg-type]
+        Resources(walltime=written)
 
 
 def test_walltime_refuses_booleans() -> None:
     # BUG: `walltime: true` is read as one second (the bool falls through _duration to pydantic).
     with pytest.raises(ValidationError):
-        Resources(walltime=True)  # type: ignore[arg-type]
+        Resources(walltime=True)
 
 
 @pytest.mark.parametrize("field", [{"cores": 0}, {"cores": 1025}, {"memory_gb": 0}, {"memory_gb": -1}])
 def test_resource_bounds(field: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
-        Resources(**field)  # type: ignore[arg-type]
+        Resources(**field)
 
 
 def test_resources_scaled() -> None:
-    resources = Resources(cores=2, memory_gb=2.0, walltime="1h")  # type: ignore[arg-type]
+    resources = Resources(cores=2, memory_gb=2.0, walltime="1h")
     scaled = resources.scaled(memory=1.5, walltime=2.0)
     assert (scaled.cores, scaled.memory_gb, scaled.walltime) == (2, 3.0, timedelta(hours=2))
     assert resources.memory_gb == 2.0  # the original is untouched
@@ -225,7 +225,7 @@ def test_by_size_needs_size() -> None:
 @pytest.mark.parametrize("mode", ["per_file", "by_run", "all"])
 def test_size_only_applies_to_by_size(mode: str) -> None:
     with pytest.raises(ValidationError, match="only applies to by_size"):
-        Grouping(mode=mode, size=3)  # type: ignore[arg-type]
+        Grouping(mode=mode, size=3)
 
 
 @pytest.mark.parametrize("size", [0, -1])
@@ -251,12 +251,12 @@ def test_grouping_by_run_needs_keys() -> None:
 )
 def test_flush_policy(mode: str, flush: str | None, policy: str) -> None:
     size = 2 if mode == "by_size" else None
-    assert Grouping(mode=mode, flush=flush, size=size).flush_policy == policy  # type: ignore[arg-type]
+    assert Grouping(mode=mode, flush=flush, size=size).flush_policy == policy
 
 
 def test_unknown_grouping_mode_refused() -> None:
     with pytest.raises(ValidationError):
-        Grouping(mode="by_night")  # type: ignore[arg-type]
+        Grouping(mode="by_night")
 
 
 # ---------------------------------------------------------------------------------------- step

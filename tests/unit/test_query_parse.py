@@ -287,7 +287,7 @@ def shape(node: Node) -> object:
     return (type(node).__name__, tuple(shape(item) for item in node.items))
 
 
-@settings(max_examples=400)
+@settings(max_examples=300)
 @given(NODES)
 def test_round_trip(node: Node) -> None:
     text = to_text(node)
@@ -297,7 +297,7 @@ def test_round_trip(node: Node) -> None:
     assert to_text(parsed) == text
 
 
-@settings(max_examples=400)
+@settings(max_examples=300)
 @given(st.text(st.sampled_from(list(" ()=!<>~,\"'\\aAnNdDoOrRtTiI01-.:*?_xé")), max_size=30))
 def test_parse_raises_only_syntax_errors(text: str) -> None:
     try:
@@ -407,7 +407,7 @@ def test_satisfiable(text: str, known: dict[str, MetaValue], open_keys: bool, ex
     assert satisfiable(parse(text), known, open_keys=open_keys) is expected
 
 
-@settings(max_examples=200)
+@settings(max_examples=100)
 @given(NODES, st.data())
 def test_satisfiable_agrees_with_evaluate_when_everything_is_known(node: Node, data: st.DataObject) -> None:
     metadata = data.draw(st.dictionaries(st.sampled_from(sorted(keys(node))), LITERAL))
