@@ -72,6 +72,14 @@ class Backend(Protocol):
 
     def cancel(self, job_ids: Sequence[str]) -> None: ...
 
+    def adopt(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """Job ids of jobs already submitted for these tasks (found by the identity they carry).
+
+        Called for tasks reserved before a crash whose job id was never recorded: a batch system may have
+        accepted the job all the same, and it must not run twice.
+        """
+        ...
+
     def wait_any(self, timeout: float) -> None:
         """Block until a job may have changed state, or ``timeout`` seconds."""
         ...

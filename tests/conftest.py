@@ -48,6 +48,12 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 
 @pytest.fixture
+def postgresql_url() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL (for end-to-end runs with a PostgreSQL catalog)."""
+    yield from _postgresql_database()
+
+
+@pytest.fixture
 def catalog(catalog_url: str) -> Iterator[Catalog]:
     """A migrated catalog, closed at teardown."""
     opened = Catalog.open(catalog_url)

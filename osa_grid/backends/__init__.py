@@ -13,12 +13,26 @@ from typing import TYPE_CHECKING, Any, cast
 from osa_grid.errors import BadInput
 
 if TYPE_CHECKING:
+    from osa_grid.config import Settings
     from osa_grid.ports import Backend
 
 # Backend name -> "module:factory"; the factory is called with the backend's options.
 BACKENDS: dict[str, str] = {
     "local": "osa_grid.backends.local:LocalBackend",
 }
+# Backend name -> "module:function" building the backend from the settings.
+FROM_SETTINGS: dict[str, str] = {
+    "local": "osa_grid.backends.local:from_settings",
+}
+
+
+def backend_from_settings(name: str, settings: Settings) -> Backend:
+    """The backend called ``name``, configured from the settings (what the services use)."""
+    target = FROM_SETTINGS.get(name)
+    if target is None:
+        raise BadInput(f"unknown backend {name!r}; known backends: {', '.join(sorted(FROM_SETTINGS))}")
+    module_name, _, function_name = target.partition(":")
+    return cast("Backend", getattr(importlib.import_module(module_name), function_name)(settings))
 
 
 def create_backend(name: str, **options: Any) -> Backend:

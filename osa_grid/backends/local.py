@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from osa_grid.config import Settings
 from osa_grid.errors import BadInput
 from osa_grid.ports import Capabilities, JobSpec, JobState, JobStatus
 
@@ -133,6 +134,10 @@ class LocalBackend:
                 self._terminate(self._running[job_id], "cancelled", now)
             elif job_id not in self._unreported and job_id not in self._reported:
                 self._kill_orphan(job_id)
+
+    def adopt(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """An earlier process's jobs are killed as orphans, never adopted."""
+        return {}
 
     def free_slots(self) -> int:
         return max(0, self.max_cores - self._cores_used - len(self._queued))
@@ -499,3 +504,11 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return str(number)
+
+
+def from_settings(settings: Settings) -> LocalBackend:
+    return LocalBackend(
+        state_dir=settings.work_directory / ".local-backend",
+        max_cores=settings.max_cores,
+        max_memory_gb=settings.max_memory_gb,
+    )

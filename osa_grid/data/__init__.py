@@ -1,22 +1,25 @@
-"""Data managers: where files live and how products are stored; chosen by name (``create_data_manager``)."""
+"""Data managers: where files live and how products are stored, chosen by name in the settings."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from osa_grid.errors import BadInput
-from osa_grid.ports import DataManager
 
+if TYPE_CHECKING:
+    from osa_grid.config import Settings
+    from osa_grid.ports import DataManager
+
+# Data manager name -> "module:function" building it from the settings.
 DATA_MANAGERS: dict[str, str] = {
-    "local": "osa_grid.data.local:LocalStore",
+    "local": "osa_grid.data.local:from_settings",
 }
 
 
-def create_data_manager(name: str, **options: Any) -> DataManager:
+def data_manager_from_settings(name: str, settings: Settings) -> DataManager:
     target = DATA_MANAGERS.get(name)
     if target is None:
         raise BadInput(f"unknown data manager {name!r} (known: {', '.join(sorted(DATA_MANAGERS))})")
-    module_name, _, factory = target.partition(":")
-    manager: DataManager = getattr(importlib.import_module(module_name), factory)(**options)
-    return manager
+    module_name, _, function_name = target.partition(":")
+    return cast("DataManager", getattr(importlib.import_module(module_name), function_name)(settings))

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from osa_grid.config import Settings
 from osa_grid.core.templates import check_relative_path
 from osa_grid.errors import InputFileMissing
 from osa_grid.ports import Replica
@@ -46,3 +47,7 @@ class LocalStore:
             os.replace(staging, destination)
             source.unlink()
         return Replica(lfn, self.name, str(destination))
+
+
+def from_settings(settings: Settings) -> LocalStore:
+    return LocalStore(settings.data_directory)

@@ -134,9 +134,7 @@ class Shepherd:
         active = self.catalog.tasks(self.production.name, states=list(ACTIVE))
         unsent = [t for t in active if t.job_id is None]
         if unsent:
-            # Reserved but never handed to a backend: the shepherd died in between.
-            self.catalog.requeue_lost([t.task_id for t in unsent], "reserved but never submitted")
-            report.lost += len(unsent)
+            active = self._recover_unsent(active, unsent, report)
         sent = [t for t in active if t.job_id is not None]
         if not sent:
             return
@@ -154,6 +152,20 @@ class Shepherd:
                 self._lost(task, report)
         if started:
             self.catalog.mark_running(started)
+
+    def _recover_unsent(
+        self, active: list[TaskRow], unsent: list[TaskRow], report: PassReport
+    ) -> list[TaskRow]:
+        """Reserved, but the job id was never recorded: the shepherd died around the submission."""
+        adopted = self.backend.adopt([t.task_id for t in unsent])
+        if adopted:
+            self.catalog.record_job_ids(adopted)
+            event(log, "jobs_adopted", count=len(adopted))
+        lost = [t.task_id for t in unsent if t.task_id not in adopted]
+        if lost:
+            self.catalog.requeue_lost(lost, "reserved but never submitted")
+            report.lost += len(lost)
+        return self.catalog.tasks(self.production.name, states=list(ACTIVE))
 
     def _lost(self, task: TaskRow, report: PassReport) -> None:
         if task.job_id is not None:

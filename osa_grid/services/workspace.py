@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from osa_grid.backends import create_backend
+from osa_grid.backends import backend_from_settings
 from osa_grid.catalog.store import Catalog
 from osa_grid.config import Settings
-from osa_grid.data import create_data_manager
+from osa_grid.data import data_manager_from_settings
 from osa_grid.ports import Backend, DataManager
 
 
@@ -26,15 +26,10 @@ class Workspace:
 
     @cached_property
     def data(self) -> DataManager:
-        return create_data_manager(self.settings.data_manager, root=self.settings.data_directory)
+        return data_manager_from_settings(self.settings.data_manager, self.settings)
 
     def backend(self, name: str | None = None) -> Backend:
-        backend = create_backend(
-            name or self.settings.backend,
-            state_dir=self.settings.work_directory / ".local-backend",
-            max_cores=self.settings.max_cores,
-            max_memory_gb=self.settings.max_memory_gb,
-        )
+        backend = backend_from_settings(name or self.settings.backend, self.settings)
         self._backends.append(backend)
         return backend
 

@@ -24,8 +24,8 @@ RUNS = [1807, 1808]
 SUBRUNS = 6
 
 
-def _prepare(root: Path) -> tuple[ToyWorld, Path, Path]:
-    world = ToyWorld(root)
+def _prepare(root: Path, database_url: str | None = None) -> tuple[ToyWorld, Path, Path]:
+    world = ToyWorld(root, database_url)
     record = root / "executions.log"
     world.add_raw(RUNS, SUBRUNS)
     production = world.write_production(toy_production(record=record, sleep=0.15))
@@ -62,14 +62,22 @@ def _executions(record: Path) -> Counter[str]:
     return Counter(line.split()[1] for line in record.read_text().splitlines() if line.strip())
 
 
-def test_sigkill_at_random_moments_gives_the_clean_result(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def killed_catalog(request: pytest.FixtureRequest) -> str | None:
+    """The catalog of the run that gets killed: SQLite, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgresql_url"))
+
+
+def test_sigkill_at_random_moments_gives_the_clean_result(tmp_path: Path, killed_catalog: str | None) -> None:
     clean, clean_production, _ = _prepare(tmp_path / "clean")
     finished = clean.osa_grid("production", "run", str(clean_production), "--no-live")
     assert finished.returncode == 0, finished.stderr
     expected = _products(clean)
     assert len(expected) == len(RUNS) * SUBRUNS + 2 * len(RUNS) + 1
 
-    world, production, record = _prepare(tmp_path / "killed")
+    world, production, record = _prepare(tmp_path / "killed", killed_catalog)
     rng = random.Random(20261122)
     kills = 0
     repeated: list[str] = []

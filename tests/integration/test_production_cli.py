@@ -61,6 +61,17 @@ def test_a_chain_runs_to_the_end_with_products_and_provenance(world: ToyWorld) -
     assert again.returncode == 0 and _status(world)["counts"] == counts
 
 
+def test_a_chain_runs_with_a_postgresql_catalog(tmp_path: Path, postgresql_url: str) -> None:
+    world = ToyWorld(tmp_path, postgresql_url)
+    world.add_raw([1807, 1808], subruns=3)
+    production = world.write_production(toy_production())
+    result = world.osa_grid("production", "run", str(production), "--no-live")
+    assert result.returncode == 0, result.stderr
+    assert _status(world)["counts"]["summarize"] == {"done": 1}
+    assert world.osa_grid("query", "data_level = DL1", "--count").stdout.strip() == "6"
+    assert not (world.home / "catalog.sqlite").exists()
+
+
 def test_a_failing_step_is_retried_then_reported_and_can_be_retried_after_a_fix(world: ToyWorld) -> None:
     broken = world.write_production(toy_production(fail="reconstruct", retries=2))
     result = world.osa_grid("production", "run", str(broken), "--no-live")

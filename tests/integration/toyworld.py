@@ -99,6 +99,7 @@ def toy_production(
 @dataclass
 class ToyWorld:
     root: Path
+    database_url: str | None = None  # default: SQLite under home
 
     @property
     def home(self) -> Path:
@@ -106,10 +107,15 @@ class ToyWorld:
 
     @property
     def catalog_url(self) -> str:
-        return f"sqlite:///{self.home / 'catalog.sqlite'}"
+        return self.database_url or f"sqlite:///{self.home / 'catalog.sqlite'}"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "OSA_GRID_HOME": str(self.home), "OSA_GRID_POLL_INTERVAL": "0.2"}
+        return {
+            **os.environ,
+            "OSA_GRID_HOME": str(self.home),
+            "OSA_GRID_CATALOG_URL": self.catalog_url,
+            "OSA_GRID_POLL_INTERVAL": "0.2",
+        }
 
     def write_production(self, production: dict[str, object], file_name: str = "production.yaml") -> Path:
         path = self.root / file_name
