@@ -144,6 +144,8 @@ task_inputs = sa.Table(
     metadata,
     sa.Column("task_id", sa.String(64), sa.ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True),
     sa.Column("file_id", BigId, sa.ForeignKey("files.id"), primary_key=True),
+    # "input" for the files the task was planned from; a need's name for a side input resolved later.
+    sa.Column("role", sa.String(64), nullable=False, server_default="input"),
     sa.Index("ix_task_inputs_file_id", "file_id"),
 )
 

@@ -27,6 +27,7 @@ from osa_grid.core.states import ACTIVE, TaskState, check_transition
 from osa_grid.errors import BadInput, CatalogError, LeaseHeld, UnknownProduction
 from osa_grid.ports import NewFile, Replica
 
+INPUT_ROLE = "input"
 _CHUNK = 500  # rows per IN (...) list: well under SQLite's bound-parameter limit
 
 
@@ -486,22 +487,52 @@ class Catalog:
         return counts
 
     def task_inputs(self, task_ids: Sequence[str]) -> dict[str, list[CatalogFile]]:
-        with self.engine.connect() as conn:
-            pairs: list[tuple[str, int]] = []
-            for chunk in _chunks(list(task_ids)):
-                pairs += [
-                    (row.task_id, row.file_id)
-                    for row in conn.execute(
-                        sa.select(s.task_inputs).where(s.task_inputs.c.task_id.in_(chunk))
-                    )
-                ]
-            files = {f.id: f for f in self.files_by_id(sorted({fid for _, fid in pairs}), conn)}
+        """The files each task was planned from, sorted by LFN (side inputs are in ``task_needs``)."""
         result: dict[str, list[CatalogFile]] = {task_id: [] for task_id in task_ids}
-        for task_id, file_id in pairs:
-            result[task_id].append(files[file_id])
+        for task_id, role, found in self._task_files(task_ids):
+            if role == INPUT_ROLE:
+                result[task_id].append(found)
         for inputs in result.values():
             inputs.sort(key=lambda f: f.lfn)
         return result
+
+    def task_needs(self, task_ids: Sequence[str]) -> dict[str, dict[str, CatalogFile]]:
+        """The side inputs resolved for each task, by need name."""
+        result: dict[str, dict[str, CatalogFile]] = {task_id: {} for task_id in task_ids}
+        for task_id, role, found in self._task_files(task_ids):
+            if role != INPUT_ROLE:
+                result[task_id][role] = found
+        return result
+
+    def _task_files(self, task_ids: Sequence[str]) -> list[tuple[str, str, CatalogFile]]:
+        with self.engine.connect() as conn:
+            rows: list[tuple[str, str, int]] = []
+            for chunk in _chunks(list(task_ids)):
+                statement = sa.select(s.task_inputs).where(s.task_inputs.c.task_id.in_(chunk))
+                rows += [(row.task_id, row.role, row.file_id) for row in conn.execute(statement)]
+            files = {f.id: f for f in self.files_by_id(sorted({fid for _, _, fid in rows}), conn)}
+        return [(task_id, role, files[file_id]) for task_id, role, file_id in rows]
+
+    def resolve_needs(self, resolved: Mapping[str, Mapping[str, int]]) -> None:
+        """Record each task's side inputs (need name -> file id) and make it ready, in one transaction."""
+        with self.transaction() as conn:
+            for task_id, needs in resolved.items():
+                self._transition(conn, task_id, TaskState.READY, expect=[TaskState.CREATED])
+                conn.execute(
+                    sa.insert(s.task_inputs),
+                    [
+                        {"task_id": task_id, "file_id": file_id, "role": role}
+                        for role, file_id in needs.items()
+                    ],
+                )
+                self._event(conn, "ready", None, task_id, "created", "ready", needs=dict(needs))
+
+    def veto_created(self, reasons: Mapping[str, str]) -> None:
+        """Tasks that wait for a side input nothing can produce any more."""
+        with self.transaction() as conn:
+            for task_id, reason in reasons.items():
+                self._transition(conn, task_id, TaskState.VETOED, expect=[TaskState.CREATED], error=reason)
+                self._event(conn, "vetoed", None, task_id, "created", "vetoed", reason=reason)
 
     def task_outputs(self, task_id: str) -> list[CatalogFile]:
         with self.engine.connect() as conn:

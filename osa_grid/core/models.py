@@ -219,6 +219,12 @@ class RetryPolicy(Strict):
 class InputSpec(Strict):
     query: str = Field(min_length=1)
     parents: list[str] = Field(default_factory=list, alias="from")
+    # Side inputs: name -> a query template rendered with the task's common metadata, e.g.
+    # calibration: "data_level = CALIB and run_id = {pedcal_run}". A task waits (created) until every
+    # need matches a file (the newest is used); its path is {needs.NAME} in the step's templates.
+    needs: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Template] = Field(
+        default_factory=dict
+    )
 
     @field_validator("parents", mode="before")
     @classmethod

@@ -31,6 +31,15 @@ class RenderedTask:
     resources: Resources
 
 
+def render_needs(transformation: Transformation, inputs: Sequence[FileRecord]) -> dict[str, str]:
+    """The side-input queries of a task, rendered with its inputs' common metadata (need name -> query)."""
+    shared = common_metadata(inputs)
+    return {
+        name: templates.render(template, shared, f"needs {name}")
+        for name, template in transformation.input.needs.items()
+    }
+
+
 def render_outputs(
     production: str, transformation: Transformation, task_id: str, inputs: Sequence[FileRecord]
 ) -> list[RenderedOutput]:
@@ -83,6 +92,7 @@ def render_task(
     attempt: int,
     resources: Resources,
     python: str = "python3",
+    needs: Mapping[str, str] | None = None,
 ) -> RenderedTask:
     """The argv (no shell: one element per argument), environment and expected outputs of one attempt.
 
@@ -102,6 +112,7 @@ def render_task(
     if len(input_paths) == 1:
         values["input"] = input_paths[0]
     values.update({f"output.{o.name}": f"{workdir}/{o.file_name}" for o in outputs})
+    values.update({f"needs.{name}": path for name, path in (needs or {}).items()})
     argv: list[str] = []
     for element in transformation.step.argv:
         if element == "{inputs}":

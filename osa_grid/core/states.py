@@ -20,7 +20,8 @@ class TaskState(StrEnum):
 
 
 ALLOWED: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.CREATED: frozenset({TaskState.STAGING, TaskState.READY, TaskState.CANCELLED}),
+    # CREATED -> VETOED: a side input that nothing can produce any more.
+    TaskState.CREATED: frozenset({TaskState.STAGING, TaskState.READY, TaskState.CANCELLED, TaskState.VETOED}),
     TaskState.STAGING: frozenset({TaskState.READY, TaskState.FAILED, TaskState.CANCELLED}),
     # READY -> VETOED: an operator stops a task before it runs.
     TaskState.READY: frozenset({TaskState.SUBMITTED, TaskState.CANCELLED, TaskState.VETOED}),
@@ -38,6 +39,7 @@ ALLOWED: dict[TaskState, frozenset[TaskState]] = {
 ACTIVE = frozenset({TaskState.SUBMITTED, TaskState.RUNNING})
 TERMINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED})
 UNFINISHED = frozenset(TaskState) - TERMINAL
+RUNNABLE = frozenset({TaskState.STAGING, TaskState.READY, TaskState.SUBMITTED, TaskState.RUNNING})
 
 
 def check_transition(task_id: str, current: TaskState, target: TaskState) -> None:

@@ -36,6 +36,11 @@ def _check_transformation(
         node = querylang.parse(transformation.input.query)
     except QuerySyntaxError as exc:
         return [((*base, "input", "query"), str(exc))]
+    for name, template in transformation.input.needs.items():
+        try:
+            querylang.parse(templates.static_text(template))
+        except QuerySyntaxError as exc:
+            problems.append(((*base, "input", "needs", name), str(exc)))
     known = {t.name for t in production.transformations}
     for parent in transformation.input.parents:
         if parent not in known:
@@ -74,17 +79,23 @@ def _feeds(production: Production, parent: Transformation, node: querylang.Node)
     return any(_output_can_match(production, parent, output, node) for output in parent.outputs)
 
 
+def need_queries(transformation: Transformation) -> list[querylang.Node]:
+    """The side-input queries with their placeholders as unknown words: what any rendering may ask for."""
+    return [querylang.parse(templates.static_text(t)) for t in transformation.input.needs.values()]
+
+
+def producers(production: Production, node: querylang.Node, besides: str = "") -> set[str]:
+    """Transformations whose outputs could match the query."""
+    return {t.name for t in production.transformations if t.name != besides and _feeds(production, t, node)}
+
+
 def feeders(production: Production) -> dict[str, set[str]]:
-    """For each transformation, the others whose outputs could match its input query (declared or not)."""
-    nodes = {t.name: querylang.parse(t.input.query) for t in production.transformations}
-    return {
-        child.name: {
-            parent.name
-            for parent in production.transformations
-            if parent.name != child.name and _feeds(production, parent, nodes[child.name])
-        }
-        for child in production.transformations
-    }
+    """For each transformation, the others whose outputs could become its inputs or side inputs."""
+    found: dict[str, set[str]] = {}
+    for child in production.transformations:
+        nodes = [querylang.parse(child.input.query), *need_queries(child)]
+        found[child.name] = set().union(*(producers(production, node, child.name) for node in nodes))
+    return found
 
 
 def dependencies(production: Production) -> dict[str, list[str]]:
@@ -101,10 +112,13 @@ def _check_templates(base: tuple[str | int, ...], transformation: Transformation
     places += [((*base, "step", "env", key), value) for key, value in transformation.step.env.items()]
     problems: list[Problem] = []
     outputs = {f"output.{o.name}" for o in transformation.outputs}
+    needs = {f"needs.{name}" for name in transformation.input.needs}
     for where, template in places:
         for field in templates.fields(template):
             if field.name.startswith("output.") and field.name not in outputs:
                 problems.append((where, f"{{{field.name}}} names no declared output"))
+            if field.name.startswith("needs.") and field.name not in needs:
+                problems.append((where, f"{{{field.name}}} names no declared need (input.needs)"))
             if field.name == "input" and transformation.grouping.mode != "per_file":
                 problems.append((where, "{input} is one file: with grouping by several files use {inputs}"))
     return problems

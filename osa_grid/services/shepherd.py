@@ -20,11 +20,13 @@ from typing import Any
 
 from osa_grid import __version__
 from osa_grid.catalog.store import Catalog, CatalogFile, Completion, Failure, TaskRow
+from osa_grid.core import query as querylang
+from osa_grid.core import templates
 from osa_grid.core.models import Production, Resources, Transformation
 from osa_grid.core.planner import decide_retry, plan_groups, upstream_drained
-from osa_grid.core.rendering import RenderedOutput, render_outputs, render_task
-from osa_grid.core.states import ACTIVE, UNFINISHED, TaskState
-from osa_grid.core.validation import dependencies, topological_order
+from osa_grid.core.rendering import RenderedOutput, RenderedTask, render_needs, render_outputs, render_task
+from osa_grid.core.states import ACTIVE, RUNNABLE, UNFINISHED, TaskState
+from osa_grid.core.validation import dependencies, producers, topological_order
 from osa_grid.data.checksums import adler32
 from osa_grid.errors import BadInput, OsaGridError, OutputCheckFailed
 from osa_grid.logs import event, get_logger
@@ -58,6 +60,13 @@ class PassReport:
         )
 
     @property
+    def runnable(self) -> int:
+        """Tasks that are running or can run now (created tasks may wait for side inputs from outside)."""
+        return sum(
+            n for states in self.counts.values() for s, n in states.items() if TaskState(s) in RUNNABLE
+        )
+
+    @property
     def active(self) -> int:
         return sum(n for states in self.counts.values() for s, n in states.items() if TaskState(s) in ACTIVE)
 
@@ -85,6 +94,7 @@ class Shepherd:
         self._order = topological_order(production)
         self._parents = dependencies(production)
         self._software: dict[str, dict[str, str]] = {}
+        self._need_makers: dict[tuple[str, str], set[str]] = {}
 
     # ------------------------------------------------------------------ loop
     def run(self) -> PassReport:
@@ -94,7 +104,7 @@ class Shepherd:
             report = self.run_pass()
             if self.options.once:
                 return self._finish_once(report)
-            while report.unfinished:
+            while report.runnable:
                 self.backend.wait_any(self.options.poll_interval)
                 report = self.run_pass()
             return report
@@ -262,6 +272,57 @@ class Shepherd:
             created = self._plan_transformation(transformation, unfinished, waiting)
             unfinished[transformation.name] = unfinished.get(transformation.name, 0) + created
             report.created += created
+            if transformation.input.needs:
+                self._resolve_needs(transformation, unfinished, waiting)
+
+    def _resolve_needs(
+        self, transformation: Transformation, unfinished: dict[str, int], waiting: dict[str, int]
+    ) -> None:
+        """Created tasks whose side inputs exist become ready; those whose side inputs never can, vetoed."""
+        blocked = self.catalog.tasks(self.production.name, [TaskState.CREATED], transformation.name)
+        if not blocked:
+            return
+        inputs = self.catalog.task_inputs([t.task_id for t in blocked])
+        newest: dict[str, int | None] = {}  # one catalog query per distinct need, however many tasks share it
+        resolved: dict[str, dict[str, int]] = {}
+        impossible: dict[str, str] = {}
+        for task in blocked:
+            try:
+                queries = render_needs(transformation, [f.record() for f in inputs[task.task_id]])
+            except OsaGridError as exc:
+                impossible[task.task_id] = f"cannot render its needs: {exc}"
+                continue
+            found: dict[str, int] = {}
+            for name, text in queries.items():
+                if text not in newest:
+                    matches = self.catalog.query(text)
+                    newest[text] = matches[-1].id if matches else None
+                file_id = newest[text]
+                if file_id is None:
+                    if self._need_cannot_appear(transformation, name, unfinished, waiting):
+                        impossible[task.task_id] = (
+                            f"needs {name}: no file matches {text!r} and nothing left can make one"
+                        )
+                    break
+                found[name] = file_id
+            else:
+                resolved[task.task_id] = found
+        if resolved:
+            self.catalog.resolve_needs(resolved)
+        if impossible:
+            self.catalog.veto_created(impossible)
+            event(log, "tasks_vetoed", transformation=transformation.name, count=len(impossible))
+
+    def _need_cannot_appear(
+        self, transformation: Transformation, name: str, unfinished: dict[str, int], waiting: dict[str, int]
+    ) -> bool:
+        """True when transformations of this production could make the need and all of them are finished."""
+        makers = self._need_makers.get((transformation.name, name))
+        if makers is None:
+            node = querylang.parse(templates.static_text(transformation.input.needs[name]))
+            makers = self._need_makers[(transformation.name, name)] = producers(self.production, node)
+        # Files a need expects from outside (registered by a site service) may still come: keep waiting.
+        return bool(makers) and all(unfinished.get(m, 0) == 0 and waiting.get(m, 0) == 0 for m in makers)
 
     def _plan_transformation(
         self, transformation: Transformation, unfinished: dict[str, int], waiting: dict[str, int]
@@ -277,8 +338,9 @@ class Shepherd:
         candidates = self.catalog.pending_files(tid) + [f.record() for f in new]
         outcome = plan_groups(self.production.name, transformation, candidates, flush)
         new_cursor = max([cursor, *(f.id for f in new)])
+        initial = TaskState.CREATED if transformation.input.needs else TaskState.READY
         created = self.catalog.record_plan(
-            self.production.name, tid, outcome.tasks, outcome.pending, new_cursor
+            self.production.name, tid, outcome.tasks, outcome.pending, new_cursor, initial
         )
         waiting[transformation.name] = len(outcome.pending)
         if created:
@@ -324,18 +386,7 @@ class Shepherd:
         transformation = self.production.transformation(task.transformation)
         workdir = Path(task.workdir or "")
         try:
-            paths = [str(self.data.locate(f.lfn, f.replicas)) for f in inputs]
-            rendered = render_task(
-                self.production.name,
-                transformation,
-                task.task_id,
-                [f.record() for f in inputs],
-                paths,
-                str(workdir),
-                task.attempt,
-                self._resources(task, transformation),
-                sys.executable,
-            )
+            rendered = self._render(task, transformation, inputs)
             workdir.mkdir(parents=True, exist_ok=True)
         except OsaGridError as exc:
             # The same inputs would fail the same way: stop here rather than retry.
@@ -356,6 +407,24 @@ class Shepherd:
             name=f"{self.production.name}.{transformation.name}",
         )
 
+    def _render(
+        self, task: TaskRow, transformation: Transformation, inputs: Sequence[CatalogFile]
+    ) -> RenderedTask:
+        """The exact argv of this attempt, with local paths of its inputs and side inputs."""
+        needs = self.catalog.task_needs([task.task_id])[task.task_id] if transformation.input.needs else {}
+        return render_task(
+            self.production.name,
+            transformation,
+            task.task_id,
+            [f.record() for f in inputs],
+            [str(self.data.locate(f.lfn, f.replicas)) for f in inputs],
+            str(task.workdir or ""),
+            task.attempt,
+            self._resources(task, transformation),
+            sys.executable,
+            {name: str(self.data.locate(f.lfn, f.replicas)) for name, f in needs.items()},
+        )
+
     # ------------------------------------------------------------------ provenance
     def _provenance(
         self,
@@ -365,19 +434,8 @@ class Shepherd:
         status: JobStatus | None,
         exit_code: int | None,
     ) -> dict[str, Any]:
-        workdir = str(task.workdir or "")
         try:
-            rendered = render_task(
-                self.production.name,
-                transformation,
-                task.task_id,
-                [f.record() for f in inputs],
-                [str(self.data.locate(f.lfn, f.replicas)) for f in inputs],
-                workdir,
-                task.attempt,
-                self._resources(task, transformation),
-                sys.executable,
-            )
+            rendered = self._render(task, transformation, inputs)
             argv, env = rendered.argv, rendered.env
         except OsaGridError:
             argv, env = list(transformation.step.argv), dict(transformation.step.env)

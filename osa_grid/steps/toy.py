@@ -2,6 +2,7 @@
 
 It does real work on real files (deterministic, so a re-run gives byte-identical products):
     make-inputs  -> R0-like sub-run files: one event per line, ``event_id,pedestal,charge,alpha``
+    pedestal     -> per calibration run: the mean pedestal (the chain's calibration file)
     calibrate    -> per sub-run: pedestal-subtracted charge and image size (the "DL1" of the chain)
     merge        -> per run: the sub-runs' events in one file
     reconstruct  -> per run: a gammaness score per event and the gamma-like selection ("DL2")
@@ -50,10 +51,25 @@ def _rows(path: Path) -> Iterable[list[str]]:
                 yield line.strip().split(",")
 
 
-def calibrate(source: Path, target: Path) -> None:
+def pedestal(target: Path, sources: Sequence[Path]) -> None:
+    values = [float(row[1]) for source in sorted(sources) for row in _rows(source)]
+    if not values:
+        raise SystemExit("pedestal: the calibration run has no events")
+    target.write_text(f"pedestal\n{sum(values) / len(values):.3f}\n")
+
+
+def _calibration(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    return float(path.read_text().split()[1])
+
+
+def calibrate(source: Path, target: Path, calibration: Path | None = None) -> None:
+    """Subtract the calibration run's mean pedestal (or, without one, each event's own)."""
+    mean = _calibration(calibration)
     lines = ["event_id,size,alpha"]
-    for event_id, pedestal, charge, alpha in _rows(source):
-        size = max(float(charge) - float(pedestal), 0.0)
+    for event_id, pedestal_value, charge, alpha in _rows(source):
+        size = max(float(charge) - (mean if mean is not None else float(pedestal_value)), 0.0)
         lines.append(f"{event_id},{size:.3f},{alpha}")
     target.write_text("\n".join(lines) + "\n")
 
@@ -100,9 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     inputs.add_argument("--runs", type=int, nargs="+", required=True)
     inputs.add_argument("--subruns", type=int, default=10)
     inputs.add_argument("--events", type=int, default=200)
+    ped = sub.add_parser("pedestal")
+    ped.add_argument("target", type=Path)
+    ped.add_argument("sources", type=Path, nargs="+")
     one = sub.add_parser("calibrate")
     one.add_argument("source", type=Path)
     one.add_argument("target", type=Path)
+    one.add_argument("--calibration", type=Path, help="a pedestal file from the night's calibration run")
     many = sub.add_parser("merge")
     many.add_argument("target", type=Path)
     many.add_argument("sources", type=Path, nargs="+")
@@ -126,8 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "make-inputs":
         written = make_inputs(args.directory, args.runs, args.subruns, args.events)
         print(f"wrote {len(written)} files under {args.directory}")
+    elif args.command == "pedestal":
+        pedestal(args.target, args.sources)
     elif args.command == "calibrate":
-        calibrate(args.source, args.target)
+        calibrate(args.source, args.target, args.calibration)
     elif args.command == "merge":
         merge(args.target, args.sources)
     elif args.command == "reconstruct":

@@ -72,6 +72,46 @@ def test_a_chain_runs_with_a_postgresql_catalog(tmp_path: Path, postgresql_url: 
     assert not (world.home / "catalog.sqlite").exists()
 
 
+def test_side_inputs_wait_for_the_calibration_and_are_recorded(tmp_path: Path) -> None:
+    world = ToyWorld(tmp_path)
+    world.add_raw([1807, 1808], subruns=3)
+    world.add_raw([1806], subruns=2, run_type="PEDCALIB")
+    path = world.write_production(toy_production(calibration=True))
+    result = world.osa_grid("production", "run", str(path), "--no-live")
+    assert result.returncode == 0, result.stderr
+    assert _status(world)["counts"]["calibrate"] == {"done": 6}
+    catalog = world.catalog()
+    try:
+        calibration = catalog.file("toy/calibration_Run01806.csv")
+        dl1 = catalog.file("toy/dl1_Run01807.0000.csv")
+        assert calibration is not None and dl1 is not None and dl1.task_id is not None
+        needs = catalog.task_needs([dl1.task_id])[dl1.task_id]
+        assert needs["calibration"].lfn == calibration.lfn
+        argv = catalog.provenance(dl1.task_id)[-1]["argv"]
+        assert argv[-2:] == ["--calibration", calibration.replicas[0].pfn]
+        assert [e["kind"] for e in catalog.events(task_id=dl1.task_id)][:2] == ["created", "ready"]
+    finally:
+        catalog.close()
+
+
+def test_a_failed_calibration_lets_no_data_task_run(tmp_path: Path) -> None:
+    world = ToyWorld(tmp_path)
+    world.add_raw([1807], subruns=3)
+    world.add_raw([1806], subruns=2, run_type="PEDCALIB")
+    record = tmp_path / "executions.log"
+    path = world.write_production(toy_production(calibration=True, fail="pedestal", record=record))
+    result = world.osa_grid("production", "run", str(path), "--no-live")
+    assert result.returncode == 1
+    status = _status(world)
+    assert status["counts"]["pedestal"] == {"failed": 1}
+    assert status["counts"]["calibrate"] == {"vetoed": 3}
+    reasons = {f["error"] for f in status["failed"] if f["transformation"] == "calibrate"}  # type: ignore[union-attr]
+    assert reasons == {
+        "needs calibration: no file matches 'data_level = CALIB' and nothing left can make one"
+    }
+    assert not record.exists() or "calibrate" not in record.read_text()
+
+
 def test_a_failing_step_is_retried_then_reported_and_can_be_retried_after_a_fix(world: ToyWorld) -> None:
     broken = world.write_production(toy_production(fail="reconstruct", retries=2))
     result = world.osa_grid("production", "run", str(broken), "--no-live")

@@ -23,8 +23,12 @@ def toy_production(
     sleep: float = 0.0,
     fail: str | None = None,
     retries: int = 2,
+    calibration: bool = False,
 ) -> dict[str, object]:
-    """The four-step toy chain, with test knobs: record executions, slow steps down, make one step fail."""
+    """The four-step toy chain, with test knobs: record executions, slow steps down, make one step fail.
+
+    With ``calibration``, a pedestal step on the PEDCALIB run comes first and calibrate needs its product.
+    """
 
     def argv(command: str, *rest: str) -> list[str]:
         knobs = ["--sleep", str(sleep)] if sleep else []
@@ -35,24 +39,49 @@ def toy_production(
         return ["{python}", "-m", "osa_grid.steps.toy", *knobs, command, *rest]
 
     def transformation(
-        tname: str, query: str, parents: list[str], args: list[str], **extra: object
+        tname: str,
+        query: str,
+        parents: list[str],
+        args: list[str],
+        needs: dict[str, str] | None = None,
+        **extra: object,
     ) -> dict[str, object]:
         return {
             "name": tname,
-            "input": {"query": query, "from": parents},
+            "input": {"query": query, "from": parents, "needs": needs or {}},
             "step": {"argv": args, "resources": {"cores": 1, "memory_gb": 0.1, "walltime": "2m"}},
             "retry": {"max_attempts": retries},
             **extra,
         }
 
+    pedestal = transformation(
+        "pedestal",
+        "data_level = R0 and run_type = PEDCALIB",
+        [],
+        argv("pedestal", "{output.calibration}", "{inputs}"),
+        grouping={"mode": "by_run", "keys": ["run_id"], "size_key": "n_subruns"},
+        outputs=[
+            {
+                "name": "calibration",
+                "file_name": "calibration_Run{run_id:05d}.csv",
+                "metadata": {"data_level": "CALIB"},
+                "inherit": ["run_id"],
+            }
+        ],
+    )
+    calibrate_args = ["{input}", "{output.dl1}"]
+    if calibration:
+        calibrate_args += ["--calibration", "{needs.calibration}"]
     return {
         "name": name,
         "transformations": [
+            *([pedestal] if calibration else []),
             transformation(
                 "calibrate",
-                "data_level = R0",
+                "data_level = R0 and run_type = DATA",
                 [],
-                argv("calibrate", "{input}", "{output.dl1}"),
+                argv("calibrate", *calibrate_args),
+                needs={"calibration": "data_level = CALIB"} if calibration else None,
                 outputs=[
                     {
                         "name": "dl1",
@@ -122,14 +151,14 @@ class ToyWorld:
         path.write_text(yaml.safe_dump(production, sort_keys=False))
         return path
 
-    def add_raw(self, runs: list[int], subruns: int, events: int = 30) -> list[str]:
+    def add_raw(self, runs: list[int], subruns: int, events: int = 30, run_type: str = "DATA") -> list[str]:
         paths = make_inputs(self.root / "raw", runs, subruns, events)
         catalog = Catalog.open(self.catalog_url)
         try:
             return register_paths(
                 catalog,
                 paths,
-                {"data_level": "R0", "n_subruns": subruns},
+                {"data_level": "R0", "n_subruns": subruns, "run_type": run_type},
                 name_pattern="LST-1.Run{run_id:d}.{subrun_id:d}.r0.csv",
                 lfn_prefix="raw",
             )

@@ -416,7 +416,13 @@ def test_directory_checked_like_the_lfn_it_builds() -> None:
 def test_load_the_toy_chain_with_includes() -> None:
     production = load_production(REPO / "workflows" / "toy_chain.yaml")
     assert production.name == "toy-chain"
-    assert [t.name for t in production.transformations] == ["calibrate", "merge", "reconstruct", "summarize"]
+    assert [t.name for t in production.transformations] == [
+        "pedestal",
+        "calibrate",
+        "merge",
+        "reconstruct",
+        "summarize",
+    ]
     merge = production.transformation("merge")
     assert merge.input.parents == ["calibrate"]
     assert merge.grouping.mode == "by_run"
@@ -464,3 +470,34 @@ def test_build_production_accepts_a_document_built_by_hand() -> None:
     with pytest.raises(ProductionInvalid) as info:
         build_production(document)
     assert "transformations[0].step.argv[0]: Input should be a valid string" in str(info.value)
+
+
+NEEDS = """\
+name: prod
+transformations:
+  - name: calib
+    input: {query: run_type = PEDCALIB and data_level = R0}
+    step: {argv: [prog, "{output.c}"]}
+    outputs: [{name: c, file_name: "c_{run_id}.h5", metadata: {data_level: CALIB}}]
+  - name: dl1
+    input:
+      query: run_type = DATA and data_level = R0
+      needs: {calibration: "data_level = CALIB and night = {night}"}
+    step: {argv: [prog, "{input}", "{needs.calibration}", "{output.d}"]}
+    outputs: [{name: d, file_name: "d_{run_id}.h5", metadata: {data_level: DL1}}]
+"""
+
+
+def test_needs_make_their_producers_come_first() -> None:
+    from osa_grid.core.validation import dependencies, topological_order
+
+    production = build_production(parse_yaml(NEEDS, "prod.yaml"))
+    assert dependencies(production)["dl1"] == ["calib"]
+    assert [t.name for t in topological_order(production)] == ["calib", "dl1"]
+
+
+def test_undeclared_needs_and_bad_need_queries_are_reported() -> None:
+    message = problem(NEEDS.replace("{needs.calibration}", "{needs.drive}"))
+    assert "prod.yaml:11: transformations[1].step.argv[2]: {needs.drive} names no declared need" in message
+    message = problem(NEEDS.replace("night = {night}", "night == {night}"))
+    assert "transformations[1].input.needs.calibration" in message

@@ -9,7 +9,7 @@ import pytest
 
 from osa_grid.core.models import Resources, Transformation
 from osa_grid.core.planner import FileRecord
-from osa_grid.core.rendering import render_outputs, render_task
+from osa_grid.core.rendering import render_needs, render_outputs, render_task
 from osa_grid.errors import TemplateError, UnsafeName
 
 NIGHT = date(2024, 1, 2)
@@ -276,3 +276,31 @@ def test_output_spec_that_does_not_suit_the_value() -> None:
 def test_render_task_outputs_match_render_outputs() -> None:
     t = transformation()
     assert render(t, [record(5)]).outputs == render_outputs("prod", t, "tid42", [record(5)])
+
+
+# ------------------------------------------------------------------------------------ side inputs
+
+
+def with_needs(needs: dict[str, str], argv: list[str]) -> Transformation:
+    data = transformation(argv=argv).model_dump(by_alias=True)
+    data["input"]["needs"] = needs
+    return Transformation.model_validate(data)
+
+
+def test_needs_are_rendered_with_the_common_metadata() -> None:
+    t = with_needs({"calibration": "data_level = CALIB and night = {night}"}, ["prog"])
+    assert render_needs(t, [record(0), record(1)]) == {
+        "calibration": "data_level = CALIB and night = 2024-01-02"
+    }
+
+
+def test_needs_paths_are_placeholders_of_the_argv() -> None:
+    t = with_needs({"calibration": "data_level = CALIB"}, ["prog", "--calib", "{needs.calibration}"])
+    rendered = render(t, [record(0)], needs={"calibration": "/store/calib.h5"})
+    assert rendered.argv == ["prog", "--calib", "/store/calib.h5"]
+
+
+def test_a_need_without_the_metadata_it_names_cannot_render() -> None:
+    t = with_needs({"drive": "kind = drive and night = {night}"}, ["prog"])
+    with pytest.raises(TemplateError, match="night"):
+        render_needs(t, [record(0, night="x"), record(1)])

@@ -15,6 +15,7 @@ ALLOWED_PAIRS = [
     (S.CREATED, S.STAGING),
     (S.CREATED, S.READY),
     (S.CREATED, S.CANCELLED),
+    (S.CREATED, S.VETOED),  # a side input nothing can produce any more
     (S.STAGING, S.READY),
     (S.STAGING, S.FAILED),
     (S.STAGING, S.CANCELLED),
