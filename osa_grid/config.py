@@ -28,9 +28,24 @@ class Settings(BaseSettings):
     max_cores: int | None = Field(None, ge=1)
     max_memory_gb: float | None = Field(None, gt=0)
     poll_interval: float = Field(2.0, gt=0)
+    # Onsite nightly mode: the site's base directory (R0/, DL1/, monitoring/, running_analysis/, web/ ...).
+    base_dir: Path | None = None
+    # How operators are told: "log", "smtp://host:port?to=a@site", or an http(s):// webhook URL.
+    notify: str = "log"
     lease_seconds: float = Field(120.0, gt=0)
+    # The SLURM backend (docs/slurm.md). slurm_conf is given to sbatch/squeue/sacct/scancel as SLURM_CONF.
+    slurm_conf: Path | None = None
+    slurm_bin_dir: Path | None = None
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_sbatch_args: list[str] = Field(default_factory=list)
+    slurm_array_throttle: int = Field(100, ge=0)  # elements of one array running at once; 0: no limit
+    slurm_max_jobs: int = Field(2000, ge=1)  # jobs queued or running at once
+    slurm_poll_seconds: float = Field(5.0, ge=0)  # at most one squeue + sacct per this many seconds
+    slurm_lost_after_seconds: float = Field(300.0, ge=0)  # unknown to squeue and sacct this long: lost
+    slurm_python: str | None = None  # runs the job runner on the nodes; default: this Python
 
-    @field_validator("home", "data_root", "work_root")
+    @field_validator("home", "data_root", "work_root", "slurm_conf", "slurm_bin_dir", "base_dir")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()

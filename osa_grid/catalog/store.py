@@ -142,6 +142,15 @@ class Catalog:
             )
         )
 
+    def record_event(self, kind: str, production: str | None = None, **detail: Any) -> None:
+        """An event that is not a task's state change (a night closed, a deadline missed)."""
+        with self.transaction() as conn:
+            self._event(conn, kind, production, **detail)
+
+    def record_task_event(self, kind: str, task_id: str, **detail: Any) -> None:
+        with self.transaction() as conn:
+            self._event(conn, kind, None, task_id, **detail)
+
     def events(self, task_id: str | None = None, production: str | None = None) -> list[dict[str, Any]]:
         statement = sa.select(s.events).order_by(s.events.c.id)
         if task_id is not None:
@@ -193,6 +202,11 @@ class Catalog:
         if replicas:
             conn.execute(sa.insert(s.replicas), replicas)
         return ids
+
+    def known_lfns(self, lfns: Sequence[str]) -> set[str]:
+        """Which of these LFNs are registered already."""
+        with self.engine.connect() as conn:
+            return self._existing_lfns(conn, lfns)
 
     def _existing_lfns(self, conn: Connection, lfns: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -533,6 +547,22 @@ class Catalog:
             for task_id, reason in reasons.items():
                 self._transition(conn, task_id, TaskState.VETOED, expect=[TaskState.CREATED], error=reason)
                 self._event(conn, "vetoed", None, task_id, "created", "vetoed", reason=reason)
+
+    def tasks_with_key(self, production: str, key: str) -> list[tuple[TaskRow, int | None]]:
+        """Every task of a production with the integer value of ``key`` its inputs share (e.g. run_id)."""
+        value = (
+            sa.select(sa.func.min(s.file_metadata.c.vint))
+            .join(s.task_inputs, s.task_inputs.c.file_id == s.file_metadata.c.file_id)
+            .where(
+                (s.task_inputs.c.task_id == s.tasks.c.task_id)
+                & (s.task_inputs.c.role == INPUT_ROLE)
+                & (s.file_metadata.c.key == key)
+            )
+            .scalar_subquery()
+        )
+        statement = sa.select(s.tasks, value.label("key_value")).where(s.tasks.c.production == production)
+        with self.engine.connect() as conn:
+            return [(_task_row(row), row.key_value) for row in conn.execute(statement)]
 
     def task_outputs(self, task_id: str) -> list[CatalogFile]:
         with self.engine.connect() as conn:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from osa_grid.core.models import Production
+from osa_grid.core.nightly import NightlyWorkflow
 from osa_grid.core.validation import check_production
 from osa_grid.errors import ProductionInvalid
 
@@ -108,6 +109,27 @@ def build_production(document: Document) -> Production:
     if problems:
         raise ProductionInvalid(_format(document, problems))
     return production
+
+
+def build_nightly_workflow(document: Document) -> NightlyWorkflow:
+    """A nightly workflow: its own fields, and its transformations checked like a production's."""
+    if not isinstance(document.data, Mapping):
+        raise ProductionInvalid(f"{document.origin(())}: a nightly workflow must be a mapping")
+    try:
+        workflow = NightlyWorkflow.model_validate(document.data)
+    except ValidationError as exc:
+        raise ProductionInvalid(_format(document, [(e["loc"], e["msg"]) for e in exc.errors()])) from exc
+    generic = Production(name=workflow.name, transformations=workflow.transformations)
+    problems = check_production(generic)
+    names = {t.name for t in workflow.transformations}
+    problems += [
+        (("columns", label), f"unknown transformation {name!r}")
+        for label, name in workflow.columns.items()
+        if name not in names
+    ]
+    if problems:
+        raise ProductionInvalid(_format(document, problems))
+    return workflow
 
 
 def _format(document: Document, problems: Sequence[tuple[Sequence[str | int], str]]) -> str:

@@ -214,6 +214,8 @@ class RetryRule(Strict):
 class RetryPolicy(Strict):
     max_attempts: int = Field(3, ge=1, le=100, strict=True)
     rules: list[RetryRule] = Field(default_factory=list)
+    # Two failures in a row with the same error: another try would fail the same way, so veto.
+    veto_repeated_error: bool = False
 
 
 class InputSpec(Strict):
@@ -256,6 +258,10 @@ class Production(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     version: Text = "1"
     description: str = ""
+    # Values every template of the production may use, e.g. {night_dir} and {prod_id} in output directories.
+    parameters: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], MetaValue] = Field(
+        default_factory=dict
+    )
     transformations: list[Transformation] = Field(min_length=1)
 
     def transformation(self, name: str) -> Transformation:

@@ -131,11 +131,18 @@ class RetryDecision:
     reason: str = ""
 
 
-def decide_retry(policy: RetryPolicy, failures: int, kind: str, exit_code: int | None) -> RetryDecision:
-    """What to do after a task's ``failures``-th failure (counting this one)."""
+def decide_retry(
+    policy: RetryPolicy, failures: int, kind: str, exit_code: int | None, same_as_last: bool = False
+) -> RetryDecision:
+    """What to do after a task's ``failures``-th failure (counting this one).
+
+    ``same_as_last``: this failure repeats the previous one exactly (same class and exit code).
+    """
     rule = next((r for r in policy.rules if r.matches(kind, exit_code)), None)
     if rule is not None and rule.action == "veto":
         return RetryDecision("veto", reason=f"retry rule vetoes {kind} (exit code {exit_code})")
+    if policy.veto_repeated_error and same_as_last:
+        return RetryDecision("veto", reason="the same error twice in a row")
     if failures >= policy.max_attempts:
         return RetryDecision("fail", reason=f"failed {failures} time(s), the limit is {policy.max_attempts}")
     if rule is None:

@@ -41,10 +41,14 @@ def render_needs(transformation: Transformation, inputs: Sequence[FileRecord]) -
 
 
 def render_outputs(
-    production: str, transformation: Transformation, task_id: str, inputs: Sequence[FileRecord]
+    production: str,
+    transformation: Transformation,
+    task_id: str,
+    inputs: Sequence[FileRecord],
+    parameters: Mapping[str, MetaValue] | None = None,
 ) -> list[RenderedOutput]:
     shared = common_metadata(inputs)
-    names = _name_values(production, transformation, task_id, shared)
+    names = _name_values(production, transformation, task_id, shared, parameters)
     return [
         _render_output(output, names, shared, production, transformation.name)
         for output in transformation.outputs
@@ -52,10 +56,16 @@ def render_outputs(
 
 
 def _name_values(
-    production: str, transformation: Transformation, task_id: str, shared: Mapping[str, MetaValue]
+    production: str,
+    transformation: Transformation,
+    task_id: str,
+    shared: Mapping[str, MetaValue],
+    parameters: Mapping[str, MetaValue] | None,
 ) -> dict[str, object]:
+    """Names for templates: the inputs' common metadata, the production's parameters, then reserved names."""
     return {
         **shared,
+        **(parameters or {}),
         "production": production,
         "transformation": transformation.name,
         "task_id": task_id,
@@ -93,15 +103,16 @@ def render_task(
     resources: Resources,
     python: str = "python3",
     needs: Mapping[str, str] | None = None,
+    parameters: Mapping[str, MetaValue] | None = None,
 ) -> RenderedTask:
     """The argv (no shell: one element per argument), environment and expected outputs of one attempt.
 
     ``python`` is the interpreter osa-grid runs under, so that Python steps use the same environment.
     """
-    outputs = render_outputs(production, transformation, task_id, inputs)
+    outputs = render_outputs(production, transformation, task_id, inputs, parameters)
     # Reserved names come after the metadata: an input's metadata can never replace them.
     values: dict[str, object] = {
-        **_name_values(production, transformation, task_id, common_metadata(inputs)),
+        **_name_values(production, transformation, task_id, common_metadata(inputs), parameters),
         "python": python,
         "workdir": workdir,
         "attempt": attempt,

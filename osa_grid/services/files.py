@@ -23,20 +23,23 @@ def register_paths(
     store: str = "local",
 ) -> list[str]:
     """Register files in place (their replica is the path given), all or nothing."""
-    new_files = [_describe(path, metadata, name_pattern, lfn_prefix, store) for path in paths]
+    new_files = []
+    for path in paths:
+        found = dict(metadata_from_name(name_pattern, path.name)) if name_pattern else {}
+        found.update(metadata)
+        lfn = f"{lfn_prefix.strip('/')}/{path.name}" if lfn_prefix else path.name
+        new_files.append(describe_path(path, found, lfn, store))
     catalog.register_files(new_files)
     return [f.lfn for f in new_files]
 
 
-def _describe(
-    path: Path, metadata: Mapping[str, MetaValue], name_pattern: str | None, lfn_prefix: str, store: str
-) -> NewFile:
+def describe_path(path: Path, metadata: Mapping[str, MetaValue], lfn: str, store: str = "local") -> NewFile:
+    """An existing file as the catalog will know it: size, adler32, metadata, its replica in place."""
     if not path.is_file():
         raise InputFileMissing(f"{path}: no such file")
     resolved = path.resolve()
-    found = dict(metadata_from_name(name_pattern, path.name)) if name_pattern else {}
-    found.update(metadata)
-    lfn = check_relative_path(f"{lfn_prefix.strip('/')}/{path.name}" if lfn_prefix else path.name)
+    lfn = check_relative_path(lfn)
+    found = dict(metadata)
     return NewFile(
         lfn=lfn,
         size=resolved.stat().st_size,

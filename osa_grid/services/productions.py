@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from osa_grid.core.loading import Document, build_production, parse_yaml
+from osa_grid.core.loading import Document, build_nightly_workflow, build_production, parse_yaml
 from osa_grid.core.models import Production
+from osa_grid.core.nightly import NightlyWorkflow
 from osa_grid.errors import ProductionInvalid
 from osa_grid.resources import shipped
 
@@ -59,6 +60,10 @@ def _find_include(production_file: Path, name: str, where: str) -> Path:
     raise ProductionInvalid(
         f"{where}: include {name!r} found neither next to the production nor in transformations/"
     )
+
+
+def load_nightly_workflow(path: Path) -> NightlyWorkflow:
+    return build_nightly_workflow(load_document(path))
 
 
 def definition_of(production: Production) -> dict[str, Any]:

@@ -11,7 +11,8 @@ import hashlib
 import platform
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
@@ -40,6 +41,8 @@ log = get_logger("shepherd")
 class ShepherdOptions:
     once: bool = False
     flush: bool = False
+    # Close groups by their flush policy once upstream is done. Off while more input data may still arrive.
+    auto_flush: bool = True
     poll_interval: float = 2.0
     lease_ttl: timedelta = timedelta(minutes=2)
 
@@ -90,7 +93,7 @@ class Shepherd:
         self.options = options or ShepherdOptions()
         self.on_pass = on_pass
         self.identity = process_identity()
-        self.lease = f"production/{production.name}"
+        self.lease_name = f"production/{production.name}"
         self._order = topological_order(production)
         self._parents = dependencies(production)
         self._software: dict[str, dict[str, str]] = {}
@@ -99,8 +102,7 @@ class Shepherd:
     # ------------------------------------------------------------------ loop
     def run(self) -> PassReport:
         """Passes until nothing is left to do; with ``once``, a single pass (see ``_finish_once``)."""
-        self._take_lease()
-        try:
+        with self.lease():
             report = self.run_pass()
             if self.options.once:
                 return self._finish_once(report)
@@ -108,8 +110,15 @@ class Shepherd:
                 self.backend.wait_any(self.options.poll_interval)
                 report = self.run_pass()
             return report
+
+    @contextmanager
+    def lease(self) -> Iterator[None]:
+        """Hold the production's lease: no second shepherd can run it meanwhile."""
+        self._take_lease()
+        try:
+            yield
         finally:
-            self.catalog.release_lease(self.lease, self.identity)
+            self.catalog.release_lease(self.lease_name, self.identity)
 
     def _finish_once(self, report: PassReport) -> PassReport:
         """A local pool's jobs die with this process: wait for those this pass started, start no others."""
@@ -121,15 +130,15 @@ class Shepherd:
         return report
 
     def _take_lease(self) -> None:
-        holder = self.catalog.lease_holder(self.lease)
+        holder = self.catalog.lease_holder(self.lease_name)
         dead = holder[0] if holder is not None and identity_is_dead(holder[0]) else None
         if dead is not None:
             event(log, "lease_stale", production=self.production.name, previous=dead)
-        self.catalog.acquire_lease(self.lease, self.identity, self.options.lease_ttl, dead_holder=dead)
+        self.catalog.acquire_lease(self.lease_name, self.identity, self.options.lease_ttl, dead_holder=dead)
 
     def run_pass(self, submit: bool = True) -> PassReport:
         report = PassReport()
-        self.catalog.acquire_lease(self.lease, self.identity, self.options.lease_ttl)
+        self.catalog.acquire_lease(self.lease_name, self.identity, self.options.lease_ttl)
         self.observe(report)
         self.plan(report)
         if submit:
@@ -191,7 +200,11 @@ class Shepherd:
         inputs = self.catalog.task_inputs([task.task_id])[task.task_id]
         try:
             outputs = render_outputs(
-                self.production.name, transformation, task.task_id, [f.record() for f in inputs]
+                self.production.name,
+                transformation,
+                task.task_id,
+                [f.record() for f in inputs],
+                self.production.parameters,
             )
             new_files = [self._store_output(task, output) for output in outputs]
             self.catalog.complete(
@@ -224,14 +237,15 @@ class Shepherd:
         report: PassReport,
     ) -> None:
         transformation = self.production.transformation(task.transformation)
-        decision = decide_retry(transformation.retry, task.failures + 1, kind, exit_code)
+        error = f"{kind} (exit code {exit_code}): {message}".strip().rstrip(":")
+        repeated = (task.error or "").startswith(f"{error}; ")
+        decision = decide_retry(transformation.retry, task.failures + 1, kind, exit_code, repeated)
         target = {"retry": TaskState.READY, "veto": TaskState.VETOED, "fail": TaskState.FAILED}[
             decision.action
         ]
         resources = self._resources(task, transformation)
         if decision.action == "retry":
             resources = resources.scaled(decision.scale_memory, decision.scale_walltime)
-        error = f"{kind} (exit code {exit_code}): {message}".strip().rstrip(":")
         inputs = self.catalog.task_inputs([task.task_id])[task.task_id]
         provenance = self._provenance(task, transformation, inputs, status, exit_code)
         self.catalog.fail(
@@ -330,7 +344,8 @@ class Shepherd:
         tid, cursor = self.catalog.transformation_cursor(self.production.name, transformation.name)
         new = self.catalog.query(transformation.input.query, after_id=cursor)
         flush = self.options.flush or (
-            transformation.grouping.flush_policy == "when_upstream_done"
+            self.options.auto_flush
+            and transformation.grouping.flush_policy == "when_upstream_done"
             and upstream_drained(self._parents, transformation.name, unfinished, waiting)
         )
         if not new and not (flush and waiting.get(transformation.name)):
@@ -423,6 +438,7 @@ class Shepherd:
             self._resources(task, transformation),
             sys.executable,
             {name: str(self.data.locate(f.lfn, f.replicas)) for name, f in needs.items()},
+            self.production.parameters,
         )
 
     # ------------------------------------------------------------------ provenance

@@ -1,0 +1,304 @@
+"""``osa-grid nightly``: the onsite shepherd of a night, its status table and the operators' actions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from osa_grid.cli.common import console, handle_errors, settings_of
+from osa_grid.config import Settings
+from osa_grid.core.nightly import NightlyWorkflow, SequenceStatus
+from osa_grid.core.sequences import NightPlan
+from osa_grid.core.states import TaskState
+from osa_grid.errors import BadInput
+from osa_grid.resources import shipped
+from osa_grid.services.nightly import Night, NightlyOptions, NightlyShepherd, save_night_production, simulate
+from osa_grid.services.notify import notifier_from_url
+from osa_grid.services.productions import load_nightly_workflow
+from osa_grid.services.workspace import Workspace, open_workspace
+
+nightly_app = typer.Typer(
+    help="The onsite nightly shepherd: one process instead of the cron jungle.", no_args_is_help=True
+)
+
+DEFAULT_WORKFLOW = "lst_nightly.yaml"
+STATE_STYLES = {
+    "COMPLETED": "green",
+    "RUNNING": "cyan",
+    "PENDING": "yellow",
+    "FAILED": "red",
+    "VETOED": "magenta",
+}
+
+DateOption = Annotated[str, typer.Option("--date", help="The night, YYYY-MM-DD (the date of the evening)")]
+BaseDirOption = Annotated[Optional[Path], typer.Option(help="The site's base directory (OSA_GRID_BASE_DIR)")]  # noqa: UP045
+WorkflowOption = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(help=f"Nightly workflow YAML (default: workflows/{DEFAULT_WORKFLOW})"),
+]
+SummaryOption = Annotated[Optional[Path], typer.Option(help="The night's RunSummary (default: the site's)")]  # noqa: UP045
+
+
+def _night_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadInput(f"--date {text!r}: expected YYYY-MM-DD") from None
+
+
+def _settings(ctx: typer.Context, base_dir: Path | None) -> Settings:
+    """Products land in the site's tree: the store and the work directories live under the base directory."""
+    settings = settings_of(ctx)
+    base = base_dir or settings.base_dir
+    if base is None:
+        raise BadInput("no base directory: give --base-dir or set OSA_GRID_BASE_DIR")
+    if not base.is_dir():
+        raise BadInput(f"base directory {base} does not exist")
+    base = base.resolve()
+    return settings.model_copy(
+        update={"base_dir": base, "data_root": base, "work_root": base / "running_analysis"}
+    )
+
+
+def _workflow(path: Path | None) -> NightlyWorkflow:
+    return load_nightly_workflow(path or shipped("workflows") / DEFAULT_WORKFLOW)
+
+
+def _night(workspace: Workspace, workflow: Path | None, night: str, summary: Path | None) -> Night:
+    assert workspace.settings.base_dir is not None
+    return Night(
+        _workflow(workflow), _night_date(night), workspace.settings.base_dir, workspace.catalog, summary
+    )
+
+
+@nightly_app.command("run")
+@handle_errors
+def run(
+    ctx: typer.Context,
+    night: DateOption,
+    base_dir: BaseDirOption = None,
+    workflow: WorkflowOption = None,
+    run_summary: SummaryOption = None,
+    backend: Annotated[Optional[str], typer.Option(help="local, slurm, ...")] = None,  # noqa: UP045
+    once: Annotated[bool, typer.Option(help="One pass (for a site that still wants cron)")] = False,
+    simulate_only: Annotated[
+        bool, typer.Option("--simulate", help="Print what would be launched, change nothing")
+    ] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between passes")] = 30.0,
+    deadline: Annotated[
+        str | None, typer.Option(help="Tell operators if not closed by then (ISO UTC)")
+    ] = None,
+) -> None:
+    """Process a night until it is closed: register data as it arrives, launch each step when it may start."""
+    settings = _settings(ctx, base_dir)
+    with open_workspace(settings) as workspace:
+        tonight = _night(workspace, workflow, night, run_summary)
+        if not tonight.plan.sequences:
+            console.print(f"night {tonight.night}: no DATA runs, nothing to do")
+            return
+        if simulate_only:
+            _print_plan(tonight.plan)
+            counts = simulate(tonight)
+            for name, count in counts.items():
+                console.print(f"would launch {count} {name} task(s)")
+            if not counts:
+                console.print("would launch nothing now (no raw data yet)")
+            return
+        options = NightlyOptions(once=once, poll_interval=poll, deadline=_deadline(deadline))
+        shepherd = NightlyShepherd(
+            tonight,
+            workspace.backend(backend),
+            workspace.data,
+            workspace.work_root,
+            notifier_from_url(settings.notify),
+            options,
+        )
+        report = shepherd.run()
+        _print_table(tonight, tonight.status())
+        if report.closed:
+            console.print(f"night {tonight.night} is closed; status page: {tonight.web_page()}")
+        else:
+            console.print(
+                f"night {tonight.night} is not closed yet ({report.missing_raw} raw file(s) still expected)"
+            )
+
+
+def _deadline(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(f"--deadline {text!r}: expected an ISO date and time") from None
+    if value.tzinfo is None:
+        raise BadInput(f"--deadline {text!r}: give the time zone (e.g. 2026-11-22T12:00Z)")
+    return value
+
+
+@nightly_app.command("status")
+@handle_errors
+def status(
+    ctx: typer.Context,
+    night: DateOption,
+    base_dir: BaseDirOption = None,
+    workflow: WorkflowOption = None,
+    run_summary: SummaryOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """The sequence table operators know, read from the state store."""
+    with open_workspace(_settings(ctx, base_dir)) as workspace:
+        tonight = _night(workspace, workflow, night, run_summary)
+        rows = tonight.status()
+        if as_json:
+            closed = tonight.closed_at()
+            payload = {
+                "night": str(tonight.night),
+                "closed": closed.isoformat() if closed else None,
+                "sequences": [asdict(row) for row in rows],
+            }
+            console.print_json(json.dumps(payload))
+            return
+        _print_table(tonight, rows)
+
+
+def _print_plan(plan: NightPlan) -> None:
+    if plan.calibration is not None:
+        c = plan.calibration
+        console.print(
+            f"calibration: DRS4 run {c.drs4.run_id}, PEDCALIB run {c.pedcalib.run_id} (night {c.night})"
+        )
+    for sequence in plan.sequences:
+        run = sequence.run
+        subruns = f"{run.n_subruns} sub-runs"
+        console.print(f"sequence {sequence.seq_id}: {sequence.kind} run {run.run_id} ({subruns})")
+
+
+def _print_table(tonight: Night, rows: list[SequenceStatus]) -> None:
+    closed = tonight.closed_at()
+    title = f"night {tonight.night}" + (f" (closed {closed:%Y-%m-%d %H:%M} UTC)" if closed else "")
+    table = Table(title=title, title_justify="left")
+    for header in ("Seq", "Parent", "Type", "Run", "Subruns", "Source", "Tries", "JobID", "State", "Exit"):
+        table.add_column(header, justify="right")
+    for label in tonight.workflow.columns:
+        table.add_column(label, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row.seq_id),
+            "" if row.parent is None else str(row.parent),
+            row.kind,
+            f"{row.run_id:05d}",
+            str(row.n_subruns),
+            row.source,
+            str(row.tries),
+            row.job_id,
+            f"[{STATE_STYLES.get(row.state, '')}]{row.state}[/]" if row.state in STATE_STYLES else row.state,
+            "" if row.exit_code is None else str(row.exit_code),
+            *(f"{row.progress[label]:.0f}%" for label in tonight.workflow.columns),
+        )
+    console.print(table)
+
+
+def _operator(
+    ctx: typer.Context,
+    night: str,
+    base_dir: Path | None,
+    workflow: Path | None,
+    run_summary: Path | None,
+    run_id: int | None,
+    source: list[TaskState],
+    target: TaskState,
+    kind: str,
+) -> int:
+    with open_workspace(_settings(ctx, base_dir)) as workspace:
+        tonight = _night(workspace, workflow, night, run_summary)
+        save_night_production(workspace.catalog, tonight)
+        if run_id is not None and run_id not in {s.run.run_id for s in tonight.plan.sequences}:
+            raise BadInput(f"run {run_id} is not a sequence of night {tonight.night}")
+        name = tonight.production.name
+        chosen = [
+            row.task_id
+            for row, run in workspace.catalog.tasks_with_key(name, "run_id")
+            if run_id is None or run == run_id
+        ]
+        changed = workspace.catalog.set_states(
+            name, source, target, kind, task_ids=chosen, reset_failures=target == TaskState.READY
+        )
+        return len(changed)
+
+
+@nightly_app.command("retry")
+@handle_errors
+def retry(
+    ctx: typer.Context,
+    night: DateOption,
+    run: Annotated[Optional[int], typer.Option(help="Only this run")] = None,  # noqa: UP045
+    base_dir: BaseDirOption = None,
+    workflow: WorkflowOption = None,
+    run_summary: SummaryOption = None,
+) -> None:
+    """Failed and vetoed steps of the night (or of one run) run again on the next pass."""
+    n = _operator(
+        ctx,
+        night,
+        base_dir,
+        workflow,
+        run_summary,
+        run,
+        [TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED],
+        TaskState.READY,
+        "retry",
+    )
+    console.print(f"{n} task(s) ready again")
+
+
+@nightly_app.command("veto")
+@handle_errors
+def veto(
+    ctx: typer.Context,
+    night: DateOption,
+    run: Annotated[int, typer.Option(help="The run to stop")],
+    base_dir: BaseDirOption = None,
+    workflow: WorkflowOption = None,
+    run_summary: SummaryOption = None,
+) -> None:
+    """Stop a run: its waiting and failed steps are vetoed (running jobs finish)."""
+    n = _operator(
+        ctx,
+        night,
+        base_dir,
+        workflow,
+        run_summary,
+        run,
+        [TaskState.READY, TaskState.FAILED],
+        TaskState.VETOED,
+        "veto",
+    )
+    console.print(f"{n} task(s) vetoed")
+
+
+@nightly_app.command("close")
+@handle_errors
+def close(
+    ctx: typer.Context,
+    night: DateOption,
+    base_dir: BaseDirOption = None,
+    workflow: WorkflowOption = None,
+    run_summary: SummaryOption = None,
+) -> None:
+    """Close the night now, whatever is still missing (the operators' decision)."""
+    settings = _settings(ctx, base_dir)
+    with open_workspace(settings) as workspace:
+        tonight = _night(workspace, workflow, night, run_summary)
+        save_night_production(workspace.catalog, tonight)
+        if tonight.closed_at() is not None:
+            console.print(f"night {tonight.night} was already closed")
+            return
+        tonight.close(workspace.data, notifier_from_url(settings.notify), forced=True)
+        tonight.write_page()
+        console.print(f"night {tonight.night} closed")

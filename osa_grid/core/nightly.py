@@ -1,0 +1,204 @@
+"""The onsite nightly workflow: what a night's processing is, and how a night's production is made of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Annotated
+
+from pydantic import Field
+
+from osa_grid.core import query as querylang
+from osa_grid.core import templates
+from osa_grid.core.metadata import MetaValue
+from osa_grid.core.models import Production, Strict, Template, Transformation
+from osa_grid.core.query import literal_text
+from osa_grid.core.sequences import NightPlan
+from osa_grid.core.states import TaskState
+from osa_grid.core.validation import producers
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+
+
+def _raw_metadata() -> dict[str, MetaValue]:
+    return {"data_level": "R0"}
+
+
+class RawLayout(Strict):
+    """Where a night's raw sub-run files are, relative to the base directory, and how they are named."""
+
+    directory: Template = "R0/{night_dir}"
+    pattern: str = "LST-1.{stream:d}.Run{run_id:d}.{subrun_id:d}.fits.fz"
+    streams: int = Field(4, ge=1, le=64, strict=True)
+    metadata: dict[str, MetaValue] = Field(default_factory=_raw_metadata)
+
+
+class SiteFile(Strict):
+    """A night's auxiliary file registered when it appears (e.g. the drive log)."""
+
+    path: Template
+    metadata: dict[str, MetaValue]
+
+
+class Publish(Strict):
+    """Products copied to the web directory when the night closes (e.g. datacheck files)."""
+
+    query: str
+    directory: Template = "web/datacheck/{night_dir}/{prod_id}"
+
+
+class NightlyWorkflow(Strict):
+    name: Name
+    version: str = "1"
+    description: str = ""
+    prod_id: str = Field("v0.1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    lookback_nights: int = Field(4, ge=0, le=60, strict=True)
+    raw: RawLayout = RawLayout()
+    site_files: list[SiteFile] = Field(default_factory=list)
+    # Status table: column label -> the transformation whose progress it shows.
+    columns: dict[str, Name] = Field(default_factory=dict)
+    publish: list[Publish] = Field(default_factory=list)
+    transformations: list[Transformation] = Field(min_length=1)
+
+
+def night_dir(night: date) -> str:
+    return f"{night:%Y%m%d}"
+
+
+def production_name(workflow: NightlyWorkflow, night: date) -> str:
+    return f"{workflow.name}-{night_dir(night)}"
+
+
+def parameters(workflow: NightlyWorkflow, night: date) -> dict[str, MetaValue]:
+    return {"night_dir": night_dir(night), "prod_id": workflow.prod_id, "processing_night": night}
+
+
+def night_production(workflow: NightlyWorkflow, plan: NightPlan) -> Production:
+    """The night's production: the workflow's transformations restricted to the night's sequences.
+
+    Transformations that start from raw data take only the runs of the night's sequences (the calibration
+    runs may come from an earlier night); every other input and side input must come from this production.
+    """
+    name = production_name(workflow, plan.night)
+    raw = raw_consumers(workflow)
+    runs = ", ".join(str(run.run_id) for run, _night in plan.runs_to_process()) or "-1"
+    own = f"production = {literal_text(name)}"
+    transformations = []
+    for transformation in workflow.transformations:
+        restriction = f"run_id in ({runs})" if transformation.name in raw else own
+        needs = {key: f"({query}) and {own}" for key, query in transformation.input.needs.items()}
+        spec = transformation.input.model_copy(
+            update={"query": f"({transformation.input.query}) and {restriction}", "needs": needs}
+        )
+        transformations.append(transformation.model_copy(update={"input": spec}))
+    return Production(
+        name=name,
+        version=workflow.version,
+        description=f"{workflow.description} (night {plan.night})".strip(),
+        parameters=parameters(workflow, plan.night),
+        transformations=transformations,
+    )
+
+
+def raw_consumers(workflow: NightlyWorkflow) -> set[str]:
+    """Transformations whose inputs no other transformation makes: they start from the site's raw files."""
+    generic = Production(name=workflow.name, transformations=workflow.transformations)
+    return {
+        t.name
+        for t in workflow.transformations
+        if not producers(generic, querylang.parse(t.input.query), t.name)
+    }
+
+
+def render_site_path(template: str, night: date, workflow: NightlyWorkflow) -> str:
+    return templates.check_relative_path(templates.render(template, parameters(workflow, night), "site path"))
+
+
+# ---------------------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class TaskOfRun:
+    """A task of the night with the run its inputs belong to."""
+
+    transformation: str
+    run_id: int | None
+    state: TaskState
+    attempt: int
+    job_id: str | None
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
+class SequenceStatus:
+    seq_id: int
+    parent: int | None
+    kind: str
+    run_id: int
+    n_subruns: int
+    source: str
+    tries: int
+    job_id: str
+    state: str
+    exit_code: int | None
+    progress: dict[str, float]  # column label -> percent
+
+
+def sequence_state(states: Sequence[TaskState]) -> str:
+    """One word for where a sequence stands, in the spirit of the operators' table."""
+    if not states:
+        return "WAITING"
+    if TaskState.RUNNING in states:
+        return "RUNNING"
+    if any(s in (TaskState.SUBMITTED, TaskState.READY, TaskState.STAGING) for s in states):
+        return "PENDING"
+    if TaskState.CREATED in states:
+        return "WAITING"
+    if TaskState.FAILED in states:
+        return "FAILED"
+    if TaskState.VETOED in states:
+        return "VETOED"
+    if TaskState.CANCELLED in states:
+        return "CANCELLED"
+    return "COMPLETED"
+
+
+def sequence_table(
+    workflow: NightlyWorkflow,
+    plan: NightPlan,
+    tasks: Sequence[TaskOfRun],
+    sources: dict[int, str] | None = None,
+) -> list[SequenceStatus]:
+    by_run: dict[int, list[TaskOfRun]] = {}
+    for task in tasks:
+        if task.run_id is not None:
+            by_run.setdefault(task.run_id, []).append(task)
+    modes = {t.name: t.grouping.mode for t in workflow.transformations}
+    per_subrun = {name for name in raw_consumers(workflow) if modes[name] == "per_file"}
+    rows = []
+    for sequence in plan.sequences:
+        mine = by_run.get(sequence.run.run_id, [])
+        latest = max(mine, key=lambda t: (t.attempt, t.job_id or ""), default=None)
+        progress = {}
+        for label, transformation in workflow.columns.items():
+            steps = [t for t in mine if t.transformation == transformation]
+            expected = sequence.run.n_subruns if transformation in per_subrun else max(len(steps), 1)
+            done = sum(1 for t in steps if t.state == TaskState.DONE)
+            progress[label] = 100.0 * min(done, expected) / expected if expected else 0.0
+        rows.append(
+            SequenceStatus(
+                seq_id=sequence.seq_id,
+                parent=sequence.parent,
+                kind=sequence.kind,
+                run_id=sequence.run.run_id,
+                n_subruns=sequence.run.n_subruns,
+                source=(sources or {}).get(sequence.run.run_id, ""),
+                tries=max((t.attempt for t in mine), default=0),
+                job_id=(latest.job_id or "") if latest else "",
+                state=sequence_state([t.state for t in mine]),
+                exit_code=latest.exit_code if latest else None,
+                progress=progress,
+            )
+        )
+    return rows

@@ -1,0 +1,159 @@
+"""The night's list of runs: the RunSummary ECSV and the legacy whitespace NightSummary.txt. Pure parsing."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import yaml
+
+from osa_grid.errors import BadInput
+
+RunType = Literal["DRS4", "PEDCALIB", "DATA"]
+# The legacy file says CALI where the RunSummary says PEDCALIB.
+_TYPE_ALIASES: dict[str, RunType] = {
+    "DRS4": "DRS4",
+    "PEDCALIB": "PEDCALIB",
+    "CALI": "PEDCALIB",
+    "DATA": "DATA",
+}
+REQUIRED_COLUMNS = ("run_id", "n_subruns", "run_type")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: int
+    n_subruns: int
+    run_type: RunType
+    start: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IgnoredRun:
+    run_id: int
+    run_type: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NightRuns:
+    runs: tuple[RunInfo, ...]
+    ignored: tuple[IgnoredRun, ...] = ()
+
+
+def parse_run_summary(text: str, source: str) -> NightRuns:
+    """A RunSummary ECSV (with or without the newer data_format/evb_preprocessing columns)."""
+    header, body, first_line = _split_ecsv(text, source)
+    delimiter = str(header.get("delimiter", " ")) if isinstance(header, dict) else " "
+    reader = csv.reader(io.StringIO(body), delimiter=delimiter, skipinitialspace=delimiter == " ")
+    rows = [row for row in reader if row]
+    if not rows:
+        raise BadInput(f"{source}: the RunSummary has no column names")
+    columns = rows[0]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise BadInput(f"{source}:{first_line}: the RunSummary lacks the column(s) {', '.join(missing)}")
+    index = {name: position for position, name in enumerate(columns)}
+    runs: list[RunInfo] = []
+    ignored: list[IgnoredRun] = []
+    for offset, row in enumerate(rows[1:], start=1):
+        where = f"{source}:{first_line + offset}"
+        if len(row) != len(columns):
+            raise BadInput(f"{where}: {len(row)} values for {len(columns)} columns")
+        start = _ns_timestamp(row[index["run_start"]], where) if "run_start" in index else None
+        _add(
+            runs, ignored, row[index["run_id"]], row[index["n_subruns"]], row[index["run_type"]], start, where
+        )
+    return NightRuns(tuple(runs), tuple(ignored))
+
+
+def parse_night_summary(text: str, source: str) -> NightRuns:
+    """The legacy NightSummary.txt: ``run subruns type date time ...`` (timing fields may be nan)."""
+    runs: list[RunInfo] = []
+    ignored: list[IgnoredRun] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{source}:{number}"
+        if len(fields) < 5:
+            raise BadInput(f"{where}: expected 'run subruns type date time ...', got {line.strip()!r}")
+        start = _date_time(fields[3], fields[4], where)
+        _add(runs, ignored, fields[0], fields[1], fields[2], start, where)
+    return NightRuns(tuple(runs), tuple(ignored))
+
+
+def parse_summary(text: str, source: str) -> NightRuns:
+    """Either format, told apart by the ECSV signature line."""
+    if text.lstrip().startswith("# %ECSV"):
+        return parse_run_summary(text, source)
+    return parse_night_summary(text, source)
+
+
+def _split_ecsv(text: str, source: str) -> tuple[object, str, int]:
+    header_lines: list[str] = []
+    body_lines: list[str] = []
+    first_line = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("#") and not body_lines:
+            header_lines.append(line[2:] if line.startswith("# ") else line[1:])
+        elif line.strip():
+            first_line = first_line or number
+            body_lines.append(line)
+    if not header_lines or not header_lines[0].startswith("%ECSV"):
+        raise BadInput(f"{source}:1: not an ECSV file (no '# %ECSV' line)")
+    try:
+        header = yaml.safe_load("\n".join(header_lines[1:])) or {}
+    except yaml.YAMLError as exc:
+        raise BadInput(f"{source}: the ECSV header is not valid YAML: {exc}") from exc
+    return header, "\n".join(body_lines), first_line
+
+
+def _add(
+    runs: list[RunInfo],
+    ignored: list[IgnoredRun],
+    run_text: str,
+    subruns_text: str,
+    type_text: str,
+    start: datetime | None,
+    where: str,
+) -> None:
+    run_id = _integer(run_text, "run_id", where)
+    n_subruns = _integer(subruns_text, "n_subruns", where)
+    if run_id < 0 or n_subruns < 0:
+        raise BadInput(f"{where}: run_id and n_subruns must not be negative")
+    run_type = _TYPE_ALIASES.get(type_text.strip().upper())
+    if run_type is None:
+        ignored.append(IgnoredRun(run_id, type_text, f"run type {type_text!r} is not processed"))
+    elif any(r.run_id == run_id for r in runs):
+        raise BadInput(f"{where}: run {run_id} is listed twice")
+    else:
+        runs.append(RunInfo(run_id, n_subruns, run_type, start))
+
+
+def _integer(text: str, name: str, where: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise BadInput(f"{where}: {name} {text!r} is not a whole number") from None
+
+
+def _ns_timestamp(text: str, where: str) -> datetime | None:
+    if text.strip().lower() in ("", "nan", "none", "--"):
+        return None
+    try:
+        return datetime.fromtimestamp(int(text) / 1e9, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise BadInput(f"{where}: run_start {text!r} is not a timestamp in nanoseconds") from None
+
+
+def _date_time(day: str, time: str, where: str) -> datetime | None:
+    if "nan" in (day.lower(), time.lower()):
+        return None
+    try:
+        return datetime.fromisoformat(f"{day}T{time}").replace(tzinfo=UTC)
+    except ValueError:
+        raise BadInput(f"{where}: {day} {time} is not a date and time") from None

@@ -1,0 +1,370 @@
+"""The onsite nightly shepherd: one process that knows where every run of the night stands.
+
+Each pass: read the night's runs, register raw and site files that have appeared, run one shepherd pass of
+the night's production, close the night when everything that can be done is done, and write the status page.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from osa_grid.catalog.store import Catalog
+from osa_grid.core import query as querylang
+from osa_grid.core import templates
+from osa_grid.core.metadata import MetaValue
+from osa_grid.core.names import metadata_from_name, name_pattern
+from osa_grid.core.nightly import (
+    NightlyWorkflow,
+    SequenceStatus,
+    TaskOfRun,
+    night_dir,
+    night_production,
+    parameters,
+    render_site_path,
+    sequence_table,
+)
+from osa_grid.core.planner import FileRecord, plan_groups
+from osa_grid.core.runsummary import NightRuns, RunInfo, parse_summary
+from osa_grid.core.sequences import NightPlan, plan_night
+from osa_grid.core.states import TaskState
+from osa_grid.errors import BadInput
+from osa_grid.logs import event, get_logger
+from osa_grid.ports import Backend, DataManager
+from osa_grid.services.files import describe_path
+from osa_grid.services.nightweb import render_page, write_page
+from osa_grid.services.notify import Notifier
+from osa_grid.services.productions import definition_of, digest_of
+from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
+
+log = get_logger("nightly")
+
+NIGHT_CLOSED = "night_closed"
+DEADLINE_MISSED = "night_deadline_missed"
+VETO_TOLD = "veto_notified"
+
+
+@dataclass(frozen=True)
+class NightReport:
+    plan: NightPlan
+    registered: int
+    missing_raw: int
+    report: PassReport | None
+    closed: bool
+
+
+class Night:
+    """Night ``night`` of the site under ``base_dir``, processed by ``workflow``."""
+
+    def __init__(
+        self,
+        workflow: NightlyWorkflow,
+        night: date,
+        base_dir: Path,
+        catalog: Catalog,
+        run_summary: Path | None = None,
+    ) -> None:
+        self.workflow = workflow
+        self.night = night
+        self.base_dir = base_dir
+        self.catalog = catalog
+        self.run_summary = run_summary
+        self.plan = plan_night(night, self._runs_of, workflow.lookback_nights)
+        self.production = night_production(workflow, self.plan)
+
+    # ------------------------------------------------------------------ the night's runs
+    def summary_path(self, night: date) -> Path:
+        monitoring = self.base_dir / "monitoring" / "RunSummary"
+        for candidate in (
+            monitoring / f"RunSummary_{night_dir(night)}.ecsv",
+            monitoring / f"NightSummary_{night_dir(night)}.txt",
+        ):
+            if candidate.is_file():
+                return candidate
+        return monitoring / f"RunSummary_{night_dir(night)}.ecsv"
+
+    def _runs_of(self, night: date) -> NightRuns | None:
+        path = self.run_summary if night == self.night and self.run_summary else self.summary_path(night)
+        if not path.is_file():
+            if night == self.night and self.run_summary:
+                raise BadInput(f"{path}: no such run summary")
+            return None
+        try:
+            runs = parse_summary(path.read_text(), str(path))
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{path}: not a text file: {exc}") from exc
+        for ignored in runs.ignored:
+            event(log, "run_ignored", night=night, run=ignored.run_id, reason=ignored.reason)
+        return runs
+
+    # ------------------------------------------------------------------ raw and site files
+    def expected_raw(self) -> int:
+        return sum(run.n_subruns * self.workflow.raw.streams for run, _ in self.plan.runs_to_process())
+
+    def scan(self) -> list[tuple[Path, dict[str, MetaValue]]]:
+        """Raw sub-run files of the night's runs and the night's site files that exist now."""
+        found: list[tuple[Path, dict[str, MetaValue]]] = []
+        for run, taken in self.plan.runs_to_process():
+            found += self._raw_files(run, taken)
+        for site_file in self.workflow.site_files:
+            path = self.base_dir / render_site_path(site_file.path, self.night, self.workflow)
+            if path.is_file():
+                found.append((path, {**site_file.metadata, "night": self.night}))
+        return found
+
+    def _raw_files(self, run: RunInfo, taken: date) -> list[tuple[Path, dict[str, MetaValue]]]:
+        directory = self.base_dir / render_site_path(self.workflow.raw.directory, taken, self.workflow)
+        if not directory.is_dir():
+            return []
+        pattern = name_pattern(self.workflow.raw.pattern)
+        found = []
+        for entry in os.scandir(directory):
+            if not entry.is_file() or not pattern.match(entry.name):
+                continue
+            metadata = metadata_from_name(self.workflow.raw.pattern, entry.name)
+            if metadata.get("run_id") != run.run_id:
+                continue
+            found.append(
+                (
+                    Path(entry.path),
+                    {**self.workflow.raw.metadata, **metadata, **self._run_metadata(run, taken)},
+                )
+            )
+        return found
+
+    def _run_metadata(self, run: RunInfo, taken: date) -> dict[str, MetaValue]:
+        metadata: dict[str, MetaValue] = {
+            "night": taken,
+            "run_type": run.run_type,
+            "n_subruns": run.n_subruns,
+        }
+        calibration = self.plan.calibration
+        if calibration is not None:
+            metadata.update(
+                drs4_run=calibration.drs4.run_id,
+                pedcal_run=calibration.pedcalib.run_id,
+                calibration_night=calibration.night,
+            )
+        return metadata
+
+    def register_new(self, found: list[tuple[Path, dict[str, MetaValue]]]) -> int:
+        lfns = {self._lfn(path): (path, metadata) for path, metadata in found}
+        known = self.catalog.known_lfns(list(lfns))
+        new = [
+            describe_path(path, metadata, lfn) for lfn, (path, metadata) in lfns.items() if lfn not in known
+        ]
+        self.catalog.register_files(new)
+        if new:
+            event(log, "files_registered", night=self.night, count=len(new))
+        return len(new)
+
+    def _lfn(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.base_dir.resolve()))
+        except ValueError:
+            raise BadInput(f"{path} is outside the base directory {self.base_dir}") from None
+
+    # ------------------------------------------------------------------ status and closing
+    def status(self) -> list[SequenceStatus]:
+        tasks = [
+            TaskOfRun(row.transformation, run_id, row.state, row.attempt, row.job_id, row.exit_code)
+            for row, run_id in self.catalog.tasks_with_key(self.production.name, "run_id")
+        ]
+        return sequence_table(self.workflow, self.plan, tasks)
+
+    def closed_at(self) -> datetime | None:
+        for record in reversed(self.catalog.events(production=self.production.name)):
+            if record["kind"] == NIGHT_CLOSED:
+                at: datetime = record["at"]
+                return at
+        return None
+
+    def close(self, data: DataManager, notifier: Notifier, forced: bool = False) -> None:
+        """Record the night as finished, publish its datacheck products and tell the operators."""
+        rows = self.status()
+        problems = [r for r in rows if r.state in ("FAILED", "VETOED", "CANCELLED", "WAITING")]
+        published = self._publish()
+        summary = "\n".join(f"seq {r.seq_id} {r.kind} run {r.run_id}: {r.state}" for r in rows) or "no runs"
+        self.catalog.record_event(
+            NIGHT_CLOSED, self.production.name, forced=forced, problems=len(problems), published=published
+        )
+        marker = self.analysis_dir() / "NightFinished.txt"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"night {self.night} closed at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n{summary}\n")
+        state = "with problems" if problems else "complete"
+        notifier.send(f"osa-grid: night {self.night} closed ({state})", summary)
+        event(log, "night_closed", night=self.night, problems=len(problems), forced=forced)
+
+    def web_page(self) -> Path:
+        return self.base_dir / "web" / "nightly" / f"{night_dir(self.night)}.html"
+
+    def write_page(self) -> Path:
+        """Regenerate the status page; datacheck plots published for the night are shown on it."""
+        page = self.web_page()
+        values = parameters(self.workflow, self.night)
+        images: list[str] = []
+        for rule in self.workflow.publish:
+            directory = self.base_dir / templates.render(rule.directory, values, "publish")
+            if directory.is_dir():
+                images += [os.path.relpath(p, page.parent) for p in sorted(directory.glob("*.png"))]
+        content = render_page(
+            self.night, self.status(), list(self.workflow.columns), self.closed_at() is not None, images
+        )
+        write_page(page, content)
+        return page
+
+    def analysis_dir(self) -> Path:
+        return self.base_dir / "running_analysis" / night_dir(self.night) / self.workflow.prod_id
+
+    def _publish(self) -> int:
+        count = 0
+        values = parameters(self.workflow, self.night)
+        for rule in self.workflow.publish:
+            target = self.base_dir / templates.check_relative_path(
+                templates.render(rule.directory, values, "publish")
+            )
+            query = f"({rule.query}) and production = {querylang.literal_text(self.production.name)}"
+            for found in self.catalog.query(query):
+                for replica in found.replicas:
+                    source = Path(replica.pfn)
+                    if source.is_file():
+                        target.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(source, target / source.name)
+                        count += 1
+                        break
+        return count
+
+
+def save_night_production(catalog: Catalog, night: Night) -> None:
+    production = night.production
+    catalog.save_production(production.name, definition_of(production), digest_of(production), None)
+
+
+@dataclass(frozen=True)
+class NightlyOptions:
+    once: bool = False
+    poll_interval: float = 30.0
+    deadline: datetime | None = None
+
+
+class NightlyShepherd:
+    """Passes over a night until it is closed (or a single pass with ``once``)."""
+
+    def __init__(
+        self,
+        night: Night,
+        backend: Backend,
+        data: DataManager,
+        work_root: Path,
+        notifier: Notifier,
+        options: NightlyOptions,
+    ) -> None:
+        self.night = night
+        self.data = data
+        self.notifier = notifier
+        self.options = options
+        self.shepherd = Shepherd(
+            night.catalog,
+            backend,
+            data,
+            night.production,
+            work_root,
+            ShepherdOptions(poll_interval=options.poll_interval),
+        )
+
+    def run(self) -> NightReport:
+        save_night_production(self.night.catalog, self.night)
+        with self.shepherd.lease():
+            report = self.run_pass()
+            while not report.closed and not self.options.once:
+                self.shepherd.backend.wait_any(self.options.poll_interval)
+                report = self.run_pass()
+            if self.options.once and not self.shepherd.backend.capabilities.detached:
+                report = self._drain(report)
+            return report
+
+    def _drain(self, report: NightReport) -> NightReport:
+        """A local pool's jobs die with this process: let this pass's jobs finish, start no others."""
+        while report.report is not None and report.report.active:
+            self.shepherd.backend.wait_any(self.options.poll_interval)
+            report = self.run_pass(submit=False)
+        return report
+
+    def run_pass(self, submit: bool = True) -> NightReport:
+        night = self.night
+        if night.closed_at() is not None:
+            return NightReport(night.plan, 0, 0, None, closed=True)
+        found = night.scan()
+        registered = night.register_new(found)
+        missing = max(night.expected_raw() - sum(1 for _, m in found if m.get("data_level") == "R0"), 0)
+        # Night-wise steps wait until every raw file of the night is there.
+        self.shepherd.options = replace(self.shepherd.options, auto_flush=missing == 0)
+        report = self.shepherd.run_pass(submit=submit)
+        self._check_deadline()
+        self._tell_vetoes()
+        try:
+            night.write_page()
+        except OSError as exc:  # the page is a convenience: never let it stop the night
+            event(log, "page_not_written", night=night.night, error=str(exc))
+        closed = False
+        if report.runnable == 0 and missing == 0 and submit:
+            if not self.shepherd.options.flush:
+                # Runs missing sub-runs that failed: process what there is before closing.
+                self.shepherd.options = replace(self.shepherd.options, flush=True)
+                report = self.shepherd.run_pass()
+            if report.runnable == 0:
+                night.close(self.data, self.notifier)
+                night.write_page()
+                closed = True
+        return NightReport(night.plan, registered, missing, report, closed)
+
+    def _tell_vetoes(self) -> None:
+        catalog = self.night.catalog
+        name = self.night.production.name
+        vetoed = catalog.tasks(name, states=[TaskState.VETOED])
+        if not vetoed:
+            return
+        told = {e["task_id"] for e in catalog.events(production=name) if e["kind"] == VETO_TOLD}
+        for task in vetoed:
+            if task.task_id in told:
+                continue
+            self.notifier.send(
+                f"osa-grid: night {self.night.night}: a {task.transformation} task was vetoed",
+                f"task {task.task_id}\nerror: {task.error}\nlogs: {task.workdir}",
+            )
+            catalog.record_task_event(VETO_TOLD, task.task_id)
+
+    def _check_deadline(self) -> None:
+        deadline = self.options.deadline
+        if deadline is None or datetime.now(UTC) < deadline:
+            return
+        events = self.night.catalog.events(production=self.night.production.name)
+        if any(e["kind"] == DEADLINE_MISSED for e in events):
+            return
+        self.night.catalog.record_event(
+            DEADLINE_MISSED, self.night.production.name, deadline=deadline.isoformat()
+        )
+        self.notifier.send(
+            f"osa-grid: night {self.night.night} not closed by {deadline:%Y-%m-%d %H:%M} UTC",
+            "\n".join(f"seq {r.seq_id} run {r.run_id}: {r.state}" for r in self.night.status()),
+        )
+
+
+def simulate(night: Night) -> dict[str, int]:
+    """What one pass would launch now, computed without writing anything: tasks per root transformation."""
+    found = night.scan()
+    records = [
+        FileRecord(-index - 1, night._lfn(path), metadata) for index, (path, metadata) in enumerate(found)
+    ]
+    counts: dict[str, int] = {}
+    for transformation in night.production.transformations:
+        node = querylang.parse(transformation.input.query)
+        candidates = [r for r in records if querylang.evaluate(node, r.metadata)]
+        if candidates:
+            counts[transformation.name] = len(
+                plan_groups(night.production.name, transformation, candidates, False).tasks
+            )
+    return counts

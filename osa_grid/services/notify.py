@@ -1,0 +1,88 @@
+"""Telling operators: a log line (default), e-mail over SMTP or a webhook, chosen by a URL in settings."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import urllib.request
+from collections.abc import Callable
+from email.message import EmailMessage
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from osa_grid.errors import BadInput, OsaGridError
+from osa_grid.logs import event, get_logger
+
+log = get_logger("notify")
+
+
+class Notifier(Protocol):
+    def send(self, subject: str, body: str) -> None: ...
+
+
+class LogNotifier:
+    def send(self, subject: str, body: str) -> None:
+        event(log, "notify", subject=subject, body=body.replace("\n", " | "))
+
+
+class SmtpNotifier:
+    """``smtp://host:port?from=osa@site&to=a@site,b@site``"""
+
+    def __init__(self, host: str, port: int, sender: str, recipients: list[str]) -> None:
+        self.host, self.port, self.sender, self.recipients = host, port, sender, recipients
+
+    def send(self, subject: str, body: str) -> None:
+        message = EmailMessage()
+        message["Subject"] = subject
+        message["From"] = self.sender
+        message["To"] = ", ".join(self.recipients)
+        message.set_content(body)
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=10) as server:
+                server.send_message(message)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise OsaGridError(f"cannot send e-mail through {self.host}:{self.port}: {exc}") from exc
+
+
+class WebhookNotifier:
+    """POSTs ``{"subject": ..., "text": ...}`` as JSON to the URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def send(self, subject: str, body: str) -> None:
+        payload = json.dumps({"subject": subject, "text": f"{subject}\n{body}"}).encode()
+        request = urllib.request.Request(
+            self.url, data=payload, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                response.read()
+        except OSError as exc:
+            raise OsaGridError(f"cannot call the webhook {urlsplit(self.url).netloc}: {exc}") from exc
+
+
+def _smtp(url: str) -> Notifier:
+    parts = urlsplit(url)
+    options = parse_qs(parts.query)
+    recipients = [a for value in options.get("to", []) for a in value.split(",") if a]
+    if not parts.hostname or not recipients:
+        raise BadInput(f"notify URL {url!r}: expected smtp://host:port?to=someone@site[&from=...]")
+    sender = options.get("from", ["osa-grid@localhost"])[0]
+    return SmtpNotifier(parts.hostname, parts.port or 25, sender, recipients)
+
+
+NOTIFIERS: dict[str, Callable[[str], Notifier]] = {
+    "log": lambda _url: LogNotifier(),
+    "smtp": _smtp,
+    "http": WebhookNotifier,
+    "https": WebhookNotifier,
+}
+
+
+def notifier_from_url(url: str) -> Notifier:
+    scheme = urlsplit(url).scheme or url
+    factory = NOTIFIERS.get(scheme)
+    if factory is None:
+        raise BadInput(f"notify {url!r}: use 'log', an smtp:// URL or an http(s):// webhook URL")
+    return factory(url)

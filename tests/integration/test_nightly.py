@@ -1,0 +1,230 @@
+"""`osa-grid nightly`: a night on the local backend, late sub-runs, failures, operator actions, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from osa_grid.steps.toy import make_inputs
+
+from .toyworld import OSA_GRID
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+NIGHT = "2026-11-21"
+NIGHT_DIR = "20261121"
+RUNS = [(1805, 2, "DRS4"), (1806, 2, "PEDCALIB"), (1807, 3, "DATA"), (1808, 3, "DATA"), (1809, 2, "DATA")]
+
+
+class Site:
+    def __init__(self, root: Path, workflow: Path | None = None) -> None:
+        self.root = root
+        self.base = root / "site"
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.workflow = workflow or REPO / "workflows" / "toy_nightly.yaml"
+
+    def run_summary(self, runs: list[tuple[int, int, str]], night_dir: str = NIGHT_DIR) -> Path:
+        path = self.base / "monitoring" / "RunSummary" / f"RunSummary_{night_dir}.ecsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "# %ECSV 1.0",
+            "# ---",
+            "# delimiter: ','",
+            "# schema: astropy-2.0",
+            "run_id,n_subruns,run_type",
+        ]
+        lines += [f"{run},{subruns},{kind}" for run, subruns, kind in runs]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def raw(self, run: int, subruns: range, night_dir: str = NIGHT_DIR) -> None:
+        """Sub-run files of a run, as the event builder would write them (a range: some may come later)."""
+        directory = self.base / "R0" / night_dir
+        scratch = self.root / "scratch"
+        for path in make_inputs(scratch, [run], max(subruns) + 1, 20):
+            subrun = int(path.name.split(".")[2])
+            if subrun in subruns:
+                directory.mkdir(parents=True, exist_ok=True)
+                path.rename(directory / path.name)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "OSA_GRID_HOME": str(self.root / "home"), "OSA_GRID_BASE_DIR": str(self.base)}
+
+    def nightly(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        command = [*OSA_GRID, "nightly", *args, "--date", NIGHT, "--workflow", str(self.workflow)]
+        return subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=timeout)
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        command = [*OSA_GRID, "nightly", "run", *args, "--date", NIGHT, "--workflow", str(self.workflow)]
+        return subprocess.Popen(
+            command, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def status(self) -> dict[str, object]:
+        result = self.nightly("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def states(self) -> dict[int, str]:
+        return {row["run_id"]: row["state"] for row in self.status()["sequences"]}  # type: ignore[index, union-attr]
+
+
+def full_night(site: Site) -> None:
+    site.run_summary(RUNS)
+    for run, subruns, _kind in RUNS:
+        site.raw(run, range(subruns))
+
+
+def test_a_complete_night_is_processed_closed_and_shown(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    full_night(site)
+    result = site.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert "is closed" in result.stdout
+    status = site.status()
+    assert status["closed"]
+    rows = {row["run_id"]: row for row in status["sequences"]}  # type: ignore[union-attr, index]
+    assert [(r["seq_id"], r["kind"], r["parent"]) for r in rows.values()] == [
+        (0, "CALIBRATION", None),
+        (1, "DATA", 0),
+        (2, "DATA", 0),
+        (3, "DATA", 0),
+    ]
+    assert all(r["state"] == "COMPLETED" for r in rows.values())
+    assert rows[1807]["progress"] == {"CALIB%": 0.0, "DL1%": 100.0, "DL1RUN%": 100.0, "DL2%": 100.0}
+    assert rows[1806]["progress"]["CALIB%"] == 100.0
+    tree = site.base
+    assert (tree / "DL1" / NIGHT_DIR / "v0.1" / "dl1_LST-1.Run01807.0002.csv").is_file()
+    assert (tree / "DL1" / NIGHT_DIR / "v0.1" / "dl1_LST-1.Run01809.csv").is_file()
+    assert (tree / "DL2" / NIGHT_DIR / "v0.1" / "dl2_LST-1.Run01808.csv").is_file()
+    assert (tree / "calibration" / NIGHT_DIR / "v0.1" / "calibration_LST-1.Run01806.csv").is_file()
+    assert (tree / "running_analysis" / NIGHT_DIR / "v0.1" / "NightFinished.txt").is_file()
+    assert (tree / "web" / "datacheck" / NIGHT_DIR / "v0.1" / f"datacheck_{NIGHT_DIR}.csv").is_file()
+    page = (tree / "web" / "nightly" / f"{NIGHT_DIR}.html").read_text()
+    assert page.count('data-state="COMPLETED"') == 4 and "(closed)" in page
+    again = site.nightly("run", "--poll", "0.2")
+    assert again.returncode == 0 and "is closed" in again.stdout
+
+
+def test_sub_runs_arriving_late_are_picked_up_on_the_next_pass(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.run_summary(RUNS)
+    for run, subruns, _kind in RUNS:
+        site.raw(run, range(min(subruns, 1)))
+    first = site.nightly("run", "--once", "--poll", "0.2")
+    assert first.returncode == 0, first.stderr
+    assert "not closed yet" in first.stdout
+    assert site.status()["closed"] is None
+    for run, subruns, _kind in RUNS:
+        site.raw(run, range(1, subruns))
+    for _ in range(15):
+        result = site.nightly("run", "--once", "--poll", "0.2")
+        assert result.returncode == 0, result.stderr
+        if "is closed" in result.stdout:
+            break
+    states = site.states()
+    assert set(states.values()) == {"COMPLETED"}, states
+    merged = (site.base / "DL1" / NIGHT_DIR / "v0.1" / "dl1_LST-1.Run01807.csv").read_text().splitlines()
+    assert len(merged) == 1 + 3 * 20  # every sub-run, the late ones included
+
+
+def broken_workflow(tmp_path: Path, step: str) -> Path:
+    workflow = yaml.safe_load((REPO / "workflows" / "toy_nightly.yaml").read_text())
+    for transformation in workflow["transformations"]:
+        if transformation["name"] == step:
+            argv = transformation["step"]["argv"]
+            argv.insert(3, "--fail")
+    path = tmp_path / f"broken_{step}.yaml"
+    path.write_text(yaml.safe_dump(workflow, sort_keys=False))
+    return path
+
+
+def test_a_failing_calibration_lets_no_data_sequence_start(tmp_path: Path) -> None:
+    site = Site(tmp_path, broken_workflow(tmp_path, "pedestal"))
+    full_night(site)
+    result = site.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0, result.stderr
+    states = site.states()
+    assert states[1806] == "VETOED"  # the same error twice: vetoed, not tried a third time
+    assert {states[r] for r in (1807, 1808, 1809)} == {"VETOED"}
+    assert not (site.base / "DL1").exists()
+    page = (site.base / "web" / "nightly" / f"{NIGHT_DIR}.html").read_text()
+    assert 'data-state="VETOED"' in page
+
+
+def test_operators_retry_a_run_after_a_fix(tmp_path: Path) -> None:
+    broken = Site(tmp_path, broken_workflow(tmp_path, "reconstruct"))
+    full_night(broken)
+    result = broken.nightly("run", "--once", "--poll", "0.2")
+    for _ in range(10):
+        if broken.states().get(1807) in ("VETOED", "FAILED"):
+            break
+        result = broken.nightly("run", "--once", "--poll", "0.2")
+        assert result.returncode == 0, result.stderr
+    assert broken.states()[1807] == "VETOED"
+    fixed = Site(tmp_path)  # the same site, the repaired workflow
+    retried = fixed.nightly("retry", "--run", "1807")
+    assert retried.returncode == 0 and "ready again" in retried.stdout
+    vetoed = fixed.nightly("veto", "--run", "1808")
+    assert vetoed.returncode == 0, vetoed.stderr
+    result = fixed.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0, result.stderr
+    states = fixed.states()
+    assert states[1807] == "COMPLETED" and states[1808] == "VETOED"
+    unknown = fixed.nightly("retry", "--run", "4242")
+    assert unknown.returncode == 2 and "run 4242 is not a sequence" in unknown.stderr
+
+
+def test_a_shepherd_killed_mid_night_carries_on(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    full_night(site)
+    shepherd = site.start("--poll", "0.2")
+    time.sleep(2.5)
+    os.kill(shepherd.pid, signal.SIGKILL)
+    shepherd.wait()
+    result = site.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert set(site.states().values()) == {"COMPLETED"}
+
+
+def test_bad_nights(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.run_summary([(1805, 2, "DRS4")])
+    empty = site.nightly("run")
+    assert empty.returncode == 0 and "nothing to do" in empty.stdout
+    site.run_summary([(1807, 2, "DATA")])
+    uncalibrated = site.nightly("run")
+    assert uncalibrated.returncode == 2
+    assert "night 2026-11-21: 1 DATA run(s) but no DRS4 + PEDCALIB calibration" in uncalibrated.stderr
+    summary = site.run_summary([(1807, 2, "DATA")])
+    summary.write_text(summary.read_text().replace("1807,2,DATA", "1807,two,DATA"))
+    malformed = site.nightly("run")
+    assert malformed.returncode == 2 and "RunSummary_20261121.ecsv:6: n_subruns 'two'" in malformed.stderr
+    missing = site.nightly("run", "--run-summary", str(tmp_path / "nope.ecsv"))
+    assert missing.returncode == 2 and "no such run summary" in missing.stderr
+    assert "Traceback" not in malformed.stderr + missing.stderr + uncalibrated.stderr
+
+
+def test_calibration_from_an_earlier_night_and_simulate(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.run_summary([(1801, 2, "DRS4"), (1802, 2, "PEDCALIB")], night_dir="20261119")
+    site.raw(1801, range(2), night_dir="20261119")
+    site.raw(1802, range(2), night_dir="20261119")
+    site.run_summary([(1807, 2, "DATA")])
+    site.raw(1807, range(2))
+    simulated = site.nightly("run", "--simulate")
+    assert simulated.returncode == 0, simulated.stderr
+    assert "PEDCALIB run 1802 (night 2026-11-19)" in simulated.stdout
+    assert "would launch 1 pedestal task(s)" in simulated.stdout
+    assert not (tmp_path / "home").exists() or site.status()["sequences"]
+    result = site.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert set(site.states().values()) == {"COMPLETED"}
