@@ -19,6 +19,7 @@ from osa_grid.core.states import TaskState
 from osa_grid.errors import BadInput
 from osa_grid.resources import shipped
 from osa_grid.services.nightly import Night, NightlyOptions, NightlyShepherd, save_night_production, simulate
+from osa_grid.services.nightweb import figure
 from osa_grid.services.notify import notifier_from_url
 from osa_grid.services.productions import load_nightly_workflow
 from osa_grid.services.workspace import Workspace, open_workspace
@@ -185,7 +186,7 @@ def _print_table(tonight: Night, rows: list[SequenceStatus]) -> None:
     table = Table(title=title, title_justify="left")
     for header in ("Seq", "Parent", "Type", "Run", "Subruns", "Source", "Tries", "JobID", "State", "Exit"):
         table.add_column(header, justify="right")
-    for label in tonight.workflow.columns:
+    for label in (*tonight.workflow.columns, *tonight.workflow.quality):
         table.add_column(label, justify="right")
     for row in rows:
         table.add_row(
@@ -200,6 +201,7 @@ def _print_table(tonight: Night, rows: list[SequenceStatus]) -> None:
             f"[{STATE_STYLES.get(row.state, '')}]{row.state}[/]" if row.state in STATE_STYLES else row.state,
             "" if row.exit_code is None else str(row.exit_code),
             *(f"{row.progress[label]:.0f}%" for label in tonight.workflow.columns),
+            *(figure(row.quality.get(label)) for label in tonight.workflow.quality),
         )
     console.print(table)
 

@@ -157,6 +157,9 @@ class Output(Strict):
     metadata: dict[str, MetaValue] = Field(default_factory=dict)
     # Input metadata keys passed on to the output ("all" = every key the inputs have in common).
     inherit: Literal["all", "none"] | list[str] = "all"
+    # A JSON object the step writes next to the output ({output.NAME.metadata}): figures it measured
+    # (event rates, pedestal stability ...) added to the output's metadata.
+    metadata_file: Template | None = None
 
     @field_validator("file_name")
     @classmethod

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Annotated
 
@@ -58,6 +58,8 @@ class NightlyWorkflow(Strict):
     site_files: list[SiteFile] = Field(default_factory=list)
     # Status table: column label -> the transformation whose progress it shows.
     columns: dict[str, Name] = Field(default_factory=dict)
+    # Quality figures: column label -> a metadata key of the run's products (written by datacheck steps).
+    quality: dict[str, str] = Field(default_factory=dict)
     publish: list[Publish] = Field(default_factory=list)
     transformations: list[Transformation] = Field(min_length=1)
 
@@ -143,6 +145,7 @@ class SequenceStatus:
     state: str
     exit_code: int | None
     progress: dict[str, float]  # column label -> percent
+    quality: dict[str, MetaValue] = field(default_factory=dict)  # column label -> figure
 
 
 def sequence_state(states: Sequence[TaskState]) -> str:
@@ -168,8 +171,9 @@ def sequence_table(
     workflow: NightlyWorkflow,
     plan: NightPlan,
     tasks: Sequence[TaskOfRun],
-    sources: dict[int, str] | None = None,
+    quality: Mapping[str, Mapping[int, MetaValue]] | None = None,
 ) -> list[SequenceStatus]:
+    """One row per sequence; ``quality`` maps a quality column to its figure per run."""
     by_run: dict[int, list[TaskOfRun]] = {}
     for task in tasks:
         if task.run_id is not None:
@@ -193,12 +197,17 @@ def sequence_table(
                 kind=sequence.kind,
                 run_id=sequence.run.run_id,
                 n_subruns=sequence.run.n_subruns,
-                source=(sources or {}).get(sequence.run.run_id, ""),
+                source="",
                 tries=max((t.attempt for t in mine), default=0),
                 job_id=(latest.job_id or "") if latest else "",
                 state=sequence_state([t.state for t in mine]),
                 exit_code=latest.exit_code if latest else None,
                 progress=progress,
+                quality={
+                    label: values[sequence.run.run_id]
+                    for label, values in (quality or {}).items()
+                    if sequence.run.run_id in values
+                },
             )
         )
     return rows

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from osa_grid.core.metadata import Metadata, MetaValue
 from osa_grid.core.models import Grouping, RetryPolicy, Transformation
+from osa_grid.core.query import literal_text
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,20 @@ class GroupingOutcome:
     tasks: list[PlannedTask] = field(default_factory=list)
     # Files that wait in an open group, with the group they wait in.
     pending: list[tuple[FileRecord, str]] = field(default_factory=list)
+
+
+def input_query(production: str, transformation: Transformation) -> str:
+    """The query a transformation's inputs are selected with.
+
+    With declared parents (``input.from``), only their outputs in this production qualify: two productions
+    over the same raw data never take each other's intermediate files.
+    """
+    parents = transformation.input.parents
+    if not parents:
+        return transformation.input.query
+    names = ", ".join(literal_text(p) for p in parents)
+    scope = f"production = {literal_text(production)} and transformation in ({names})"
+    return f"({transformation.input.query}) and {scope}"
 
 
 def task_id(production: str, transformation: Transformation, lfns: Iterable[str]) -> str:

@@ -21,6 +21,7 @@ class RenderedOutput:
     file_name: str
     lfn: str
     metadata: dict[str, MetaValue]
+    metadata_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,12 @@ def _render_output(
     else:
         inherited = {k: shared[k] for k in output.inherit if k in shared}
     metadata = {**inherited, **output.metadata, "production": production, "transformation": transformation}
-    return RenderedOutput(output.name, file_name, lfn, check_metadata(metadata))
+    metadata_file = None
+    if output.metadata_file is not None:
+        metadata_file = templates.check_file_name(
+            templates.render(output.metadata_file, names, f"output {output.name} metadata_file")
+        )
+    return RenderedOutput(output.name, file_name, lfn, check_metadata(metadata), metadata_file)
 
 
 def render_task(
@@ -123,6 +129,9 @@ def render_task(
     if len(input_paths) == 1:
         values["input"] = input_paths[0]
     values.update({f"output.{o.name}": f"{workdir}/{o.file_name}" for o in outputs})
+    values.update(
+        {f"output.{o.name}.metadata": f"{workdir}/{o.metadata_file}" for o in outputs if o.metadata_file}
+    )
     values.update({f"needs.{name}": path for name, path in (needs or {}).items()})
     argv: list[str] = []
     for element in transformation.step.argv:

@@ -112,6 +112,7 @@ def _check_templates(base: tuple[str | int, ...], transformation: Transformation
     places += [((*base, "step", "env", key), value) for key, value in transformation.step.env.items()]
     problems: list[Problem] = []
     outputs = {f"output.{o.name}" for o in transformation.outputs}
+    outputs |= {f"output.{o.name}.metadata" for o in transformation.outputs if o.metadata_file}
     needs = {f"needs.{name}" for name in transformation.input.needs}
     for where, template in places:
         for field in templates.fields(template):

@@ -173,7 +173,11 @@ class Night:
             TaskOfRun(row.transformation, run_id, row.state, row.attempt, row.job_id, row.exit_code)
             for row, run_id in self.catalog.tasks_with_key(self.production.name, "run_id")
         ]
-        return sequence_table(self.workflow, self.plan, tasks)
+        name = self.production.name
+        quality = {
+            label: self.catalog.values_by(name, key, "run_id") for label, key in self.workflow.quality.items()
+        }
+        return sequence_table(self.workflow, self.plan, tasks, quality)
 
     def closed_at(self) -> datetime | None:
         for record in reversed(self.catalog.events(production=self.production.name)):
@@ -211,7 +215,12 @@ class Night:
             if directory.is_dir():
                 images += [os.path.relpath(p, page.parent) for p in sorted(directory.glob("*.png"))]
         content = render_page(
-            self.night, self.status(), list(self.workflow.columns), self.closed_at() is not None, images
+            self.night,
+            self.status(),
+            list(self.workflow.columns),
+            self.closed_at() is not None,
+            images,
+            list(self.workflow.quality),
         )
         write_page(page, content)
         return page

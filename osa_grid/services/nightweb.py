@@ -23,11 +23,16 @@ HEADERS = ("Seq", "Parent", "Type", "Run", "Subruns", "Source", "Tries", "JobID"
 
 
 def render_page(
-    night: date, rows: Sequence[SequenceStatus], columns: Sequence[str], closed: bool, images: Sequence[str]
+    night: date,
+    rows: Sequence[SequenceStatus],
+    columns: Sequence[str],
+    closed: bool,
+    images: Sequence[str],
+    quality: Sequence[str] = (),
 ) -> str:
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in (*HEADERS, *columns))
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in (*HEADERS, *columns, *quality))
     body = (
-        "\n".join(_row(row, columns) for row in rows)
+        "\n".join(_row(row, columns, quality) for row in rows)
         or f'<tr><td colspan="{len(HEADERS) + len(columns)}">no runs</td></tr>'
     )
     state = "closed" if closed else "in progress"
@@ -56,7 +61,7 @@ figure img {{ max-width: 45%; }}
 """
 
 
-def _row(row: SequenceStatus, columns: Sequence[str]) -> str:
+def _row(row: SequenceStatus, columns: Sequence[str], quality: Sequence[str]) -> str:
     colour = STATE_COLOURS.get(row.state, "white")
     cells = [
         str(row.seq_id),
@@ -72,7 +77,14 @@ def _row(row: SequenceStatus, columns: Sequence[str]) -> str:
     tds += f'<td class="state" style="background:{colour}">{html.escape(row.state)}</td>'
     tds += f"<td>{'' if row.exit_code is None else row.exit_code}</td>"
     tds += "".join(f"<td>{row.progress.get(c, 0.0):.0f}%</td>" for c in columns)
+    tds += "".join(f'<td class="quality">{html.escape(figure(row.quality.get(q)))}</td>' for q in quality)
     return f'<tr data-run="{row.run_id}" data-state="{html.escape(row.state)}">{tds}</tr>'
+
+
+def figure(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def write_page(path: Path, content: str) -> None:

@@ -8,6 +8,7 @@ and carries on: lost jobs run again, finished ones never do.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import socket
 import sys
@@ -23,8 +24,9 @@ from osa_grid import __version__
 from osa_grid.catalog.store import Catalog, CatalogFile, Completion, Failure, TaskRow
 from osa_grid.core import query as querylang
 from osa_grid.core import templates
+from osa_grid.core.metadata import MetaValue, check_metadata
 from osa_grid.core.models import Production, Resources, Transformation
-from osa_grid.core.planner import decide_retry, plan_groups, upstream_drained
+from osa_grid.core.planner import decide_retry, input_query, plan_groups, upstream_drained
 from osa_grid.core.rendering import RenderedOutput, RenderedTask, render_needs, render_outputs, render_task
 from osa_grid.core.states import ACTIVE, RUNNABLE, UNFINISHED, TaskState
 from osa_grid.core.validation import dependencies, producers, topological_order
@@ -224,8 +226,32 @@ class Shepherd:
         if size == 0:
             raise OutputCheckFailed(f"output {output.name}: {produced} is empty")
         checksum = adler32(produced)
+        metadata = {**self._measured(task, output), **output.metadata}
         replica = self.data.store(produced, output.lfn)
-        return NewFile(output.lfn, size, checksum, output.metadata, (replica,))
+        return NewFile(output.lfn, size, checksum, metadata, (replica,))
+
+    @staticmethod
+    def _measured(task: TaskRow, output: RenderedOutput) -> dict[str, MetaValue]:
+        """Figures the step wrote for the output (its declared metadata, set by osa-grid, wins over them)."""
+        if output.metadata_file is None:
+            return {}
+        path = Path(task.workdir or "") / output.metadata_file
+        try:
+            measured = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise OutputCheckFailed(
+                f"output {output.name}: metadata file {path} is unreadable: {exc}"
+            ) from exc
+        if not isinstance(measured, dict) or not all(
+            isinstance(v, int | float | str) and not isinstance(v, bool) for v in measured.values()
+        ):
+            raise OutputCheckFailed(
+                f"output {output.name}: {path} must hold a flat JSON object of numbers and text"
+            )
+        try:
+            return check_metadata(measured)
+        except BadInput as exc:
+            raise OutputCheckFailed(f"output {output.name}: {path}: {exc}") from exc
 
     def _fail(
         self,
@@ -342,7 +368,7 @@ class Shepherd:
         self, transformation: Transformation, unfinished: dict[str, int], waiting: dict[str, int]
     ) -> int:
         tid, cursor = self.catalog.transformation_cursor(self.production.name, transformation.name)
-        new = self.catalog.query(transformation.input.query, after_id=cursor)
+        new = self.catalog.query(input_query(self.production.name, transformation), after_id=cursor)
         flush = self.options.flush or (
             self.options.auto_flush
             and transformation.grouping.flush_policy == "when_upstream_done"

@@ -13,6 +13,7 @@ Run ``python -m osa_grid.steps.toy --help``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import sys
@@ -81,12 +82,19 @@ def merge(target: Path, sources: Sequence[Path]) -> None:
     target.write_text("\n".join(lines) + "\n")
 
 
-def reconstruct(source: Path, target: Path, cut: float) -> None:
+def reconstruct(source: Path, target: Path, cut: float, quality: Path | None = None) -> None:
+    """Score events; with ``quality``, also write the run's figures (events, selected fraction) as JSON."""
     lines = ["event_id,gammaness,selected"]
+    selected = 0
     for event_id, size, alpha in _rows(source):
         gammaness = 1.0 / (1.0 + math.exp((float(alpha) - 10.0) / 3.0)) * min(float(size) / 200.0, 1.0)
+        selected += gammaness > cut
         lines.append(f"{event_id},{gammaness:.4f},{int(gammaness > cut)}")
     target.write_text("\n".join(lines) + "\n")
+    if quality is not None:
+        events = len(lines) - 1
+        figures = {"events": events, "gamma_fraction": round(selected / events, 4) if events else 0.0}
+        quality.write_text(json.dumps(figures))
 
 
 def summarize(target: Path, sources: Sequence[Path]) -> None:
@@ -130,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     reco.add_argument("source", type=Path)
     reco.add_argument("target", type=Path)
     reco.add_argument("--cut", type=float, default=0.5)
+    reco.add_argument("--quality", type=Path, help="write the run's quality figures here (JSON)")
     summary = sub.add_parser("summarize")
     summary.add_argument("target", type=Path)
     summary.add_argument("sources", type=Path, nargs="+")
@@ -153,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "merge":
         merge(args.target, args.sources)
     elif args.command == "reconstruct":
-        reconstruct(args.source, args.target, args.cut)
+        reconstruct(args.source, args.target, args.cut, args.quality)
     else:
         summarize(args.target, args.sources)
     if args.record is not None and args.command != "make-inputs":

@@ -101,6 +101,7 @@ def test_a_complete_night_is_processed_closed_and_shown(tmp_path: Path) -> None:
     assert all(r["state"] == "COMPLETED" for r in rows.values())
     assert rows[1807]["progress"] == {"CALIB%": 0.0, "DL1%": 100.0, "DL1RUN%": 100.0, "DL2%": 100.0}
     assert rows[1806]["progress"]["CALIB%"] == 100.0
+    assert rows[1807]["quality"]["Events"] == 60 and 0 < rows[1807]["quality"]["GammaFrac"] < 1
     tree = site.base
     assert (tree / "DL1" / NIGHT_DIR / "v0.1" / "dl1_LST-1.Run01807.0002.csv").is_file()
     assert (tree / "DL1" / NIGHT_DIR / "v0.1" / "dl1_LST-1.Run01809.csv").is_file()
@@ -110,6 +111,7 @@ def test_a_complete_night_is_processed_closed_and_shown(tmp_path: Path) -> None:
     assert (tree / "web" / "datacheck" / NIGHT_DIR / "v0.1" / f"datacheck_{NIGHT_DIR}.csv").is_file()
     page = (tree / "web" / "nightly" / f"{NIGHT_DIR}.html").read_text()
     assert page.count('data-state="COMPLETED"') == 4 and "(closed)" in page
+    assert "<th>GammaFrac</th>" in page
     again = site.nightly("run", "--poll", "0.2")
     assert again.returncode == 0 and "is closed" in again.stdout
 

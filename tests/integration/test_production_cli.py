@@ -236,3 +236,25 @@ def test_a_missing_input_file_vetoes_its_task(world: ToyWorld) -> None:
     failed = _status(world)["failed"]
     assert len(failed) == 1 and failed[0]["state"] == "vetoed"  # type: ignore[index]
     assert victim.name in failed[0]["error"]  # type: ignore[index]
+
+
+def test_measured_metadata_is_added_and_a_bad_metadata_file_fails_the_task(world: ToyWorld) -> None:
+    production = toy_production(retries=1)
+    reconstruct = production["transformations"][2]  # type: ignore[index]
+    reconstruct["step"]["argv"] += ["--quality", "{output.dl2.metadata}"]
+    reconstruct["outputs"][0]["metadata_file"] = "quality_{run_id}.json"
+    path = world.write_production(production)
+    result = world.osa_grid("production", "run", str(path), "--no-live")
+    assert result.returncode == 0, result.stderr
+    listed = world.osa_grid("query", "data_level = DL2 and gamma_fraction > 0", "--json")
+    assert len(listed.stdout.splitlines()) == 2
+    assert all(json.loads(line)["metadata"]["events"] == 90 for line in listed.stdout.splitlines())
+
+    other = toy_production(name="toy2", retries=1)
+    other["transformations"][2]["outputs"][0]["metadata_file"] = "never_written.json"  # type: ignore[index]
+    path = world.write_production(other, "other.yaml")
+    result = world.osa_grid("production", "run", str(path), "--no-live")
+    assert result.returncode == 1
+    errors = [f["error"] for f in _status(world, "toy2")["failed"]]  # type: ignore[union-attr]
+    # Only toy2's own runs: children take their parents' outputs in their own production.
+    assert len(errors) == 2 and all("never_written.json is unreadable" in e for e in errors)
