@@ -62,6 +62,10 @@ class OutputCheckFailed(OsaGridError):
     """A step exited 0 but one of its declared outputs is missing or empty."""
 
 
+class StorageError(OsaGridError):
+    """A product could not be put into the store (disk full, permissions, store unreachable)."""
+
+
 class BackendError(OsaGridError):
     """A backend could not submit, poll or cancel."""
 

@@ -25,7 +25,7 @@ from osa_grid.errors import OsaGridError
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$")
 _DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-FailureKind = Literal["failed", "timeout", "oom", "output", "lost", "cancelled", "node_fail"]
+FailureKind = Literal["failed", "timeout", "oom", "output", "storage", "lost", "cancelled", "node_fail"]
 
 
 MAX_WALLTIME = timedelta(days=365)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from osa_grid.config import Settings
 from osa_grid.core.templates import check_relative_path
-from osa_grid.errors import InputFileMissing
+from osa_grid.errors import InputFileMissing, StorageError
 from osa_grid.ports import Replica
 
 
@@ -35,18 +35,26 @@ class LocalStore:
     def store(self, source: Path, lfn: str) -> Replica:
         """Move a product into place atomically: readers see the whole file or none of it."""
         destination = self.path_of(lfn)
-        destination.parent.mkdir(parents=True, exist_ok=True)
         try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, destination)
         except OSError:
-            # Another filesystem: copy next to the target, flush, then rename.
-            staging = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.part")
+            self._copy_across(source, destination)
+        return Replica(lfn, self.name, str(destination))
+
+    @staticmethod
+    def _copy_across(source: Path, destination: Path) -> None:
+        """Another filesystem: copy next to the target, flush, then rename; never leave a partial file."""
+        staging = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.part")
+        try:
             shutil.copyfile(source, staging)
             with staging.open("rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(staging, destination)
-            source.unlink()
-        return Replica(lfn, self.name, str(destination))
+        except OSError as exc:
+            staging.unlink(missing_ok=True)
+            raise StorageError(f"cannot store {destination}: {exc.strerror or exc}") from exc
+        source.unlink()
 
 
 def from_settings(settings: Settings) -> LocalStore:

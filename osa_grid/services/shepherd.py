@@ -31,7 +31,7 @@ from osa_grid.core.rendering import RenderedOutput, RenderedTask, render_needs, 
 from osa_grid.core.states import ACTIVE, RUNNABLE, UNFINISHED, TaskState
 from osa_grid.core.validation import dependencies, producers, topological_order
 from osa_grid.data.checksums import adler32
-from osa_grid.errors import BadInput, OsaGridError, OutputCheckFailed
+from osa_grid.errors import BadInput, OsaGridError, OutputCheckFailed, StorageError
 from osa_grid.logs import event, get_logger
 from osa_grid.ports import Backend, DataManager, JobSpec, JobState, JobStatus, NewFile
 from osa_grid.system import identity_is_dead, process_identity
@@ -214,6 +214,9 @@ class Shepherd:
             )
         except (OutputCheckFailed, BadInput) as exc:
             self._fail(task, "output", 0, str(exc), status, report)
+            return
+        except StorageError as exc:
+            self._fail(task, "storage", 0, str(exc), status, report)
             return
         event(log, "task_done", task=task.task_id, transformation=task.transformation, outputs=len(new_files))
         report.finished += 1
