@@ -14,14 +14,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.elements import ColumnElement
 
-from osa_grid.catalog import querysql
 from osa_grid.catalog import schema as s
 from osa_grid.catalog.engines import WRITER_OPTION, create_engine, serialize_registrations
 from osa_grid.catalog.migrate import upgrade
-from osa_grid.catalog.querysql import ESTIMATE_CAP as CAP
-from osa_grid.catalog.querysql import SortKey, compile_query
+from osa_grid.catalog.querysql import compile_query
 from osa_grid.catalog.values import collect, metadata_rows, row_value
 from osa_grid.core import query as querylang
 from osa_grid.core.metadata import MetaValue
@@ -93,47 +90,6 @@ class Failure:
     error: str
     resources: Mapping[str, Any] | None
     provenance: Mapping[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Group:
-    """Files and bytes sharing one combination of values (None: files without the key)."""
-
-    values: tuple[MetaValue | None, ...]
-    files: int
-    size: int
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    query: str
-    description: str | None
-    created_at: datetime
-    frozen_at: datetime | None  # None: a live query
-    files: int
-    size: int
-
-
-@dataclass(frozen=True)
-class RunLevel:
-    """One run's files of one data level in a night."""
-
-    run_id: MetaValue
-    data_level: str | None
-    files: int
-    subruns: int
-    size: int
-    n_subruns: int | None
-    run_type: str | None
-    source: str | None
-
-
-@dataclass(frozen=True)
-class UpstreamLevel:
-    tasks: list[TaskRow]
-    inputs: list[tuple[str, int, str]]  # (task id, file id, role)
-    attempts: list[dict[str, Any]]  # provenance rows
 
 
 class Catalog:
@@ -242,8 +198,7 @@ class Catalog:
                 for r in new_file.replicas
             ]
         if metadata:
-            _bulk_insert(conn, s.file_metadata, metadata)
-            self._note_metadata_keys(conn, {(row["key"], row["vtype"]) for row in metadata})
+            conn.execute(sa.insert(s.file_metadata), metadata)
         if replicas:
             conn.execute(sa.insert(s.replicas), replicas)
         return ids
@@ -316,262 +271,27 @@ class Catalog:
     ) -> list[CatalogFile]:
         """Files matching a metadata query, in registration order."""
         node = querylang.parse(text)
-        if conn is None:
-            with self.engine.connect() as own:
-                return self.query(text, after_id, limit, own)
         statement = (
             sa.select(s.files.c.id)
-            .where(self._where(conn, node, after_id), s.files.c.id > after_id)
+            .where(compile_query(node), s.files.c.id > after_id)
             .order_by(s.files.c.id)
             .limit(limit)
         )
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.files_by_id(list(own.scalars(statement)), own)
         return self.files_by_id(list(conn.scalars(statement)), conn)
 
     def count(self, text: str) -> int:
-        return self.count_matching(querylang.parse(text))
+        node = querylang.parse(text)
+        with self.engine.connect() as conn:
+            return int(
+                conn.scalar(sa.select(sa.func.count()).select_from(s.files).where(compile_query(node))) or 0
+            )
 
     def max_file_id(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.scalar(sa.select(sa.func.max(s.files.c.id))) or 0)
-
-    # ---------------------------------------------------------------- metadata queries at scale
-    def metadata_keys(self) -> dict[str, set[str]]:
-        """Every metadata key files have had, with the stored types of its values (no table scan)."""
-        found: dict[str, set[str]] = {}
-        with self.engine.connect() as conn:
-            for key, vtype in conn.execute(sa.select(s.metadata_keys.c.key, s.metadata_keys.c.vtype)):
-                found.setdefault(key, set()).add(vtype)
-        return found
-
-    @staticmethod
-    def _note_metadata_keys(conn: Connection, pairs: set[tuple[str, str]]) -> None:
-        # Registrations are serialized (serialize_registrations), so read-then-insert cannot race.
-        known = {(row.key, row.vtype) for row in conn.execute(sa.select(s.metadata_keys))}
-        new = sorted(pairs - known)
-        if new:
-            conn.execute(sa.insert(s.metadata_keys), [{"key": key, "vtype": vtype} for key, vtype in new])
-
-    def count_matching(self, node: querylang.Node) -> int:
-        with self.engine.connect() as conn:
-            statement = sa.select(sa.func.count()).select_from(s.files).where(self._where(conn, node))
-            return int(conn.scalar(statement) or 0)
-
-    def match(
-        self, node: querylang.Node, sort: Sequence[SortKey] = (), limit: int | None = None
-    ) -> list[tuple[int, str]]:
-        """(id, LFN) of the matching files, sorted in the database (registration order by default)."""
-        with self.engine.connect() as conn:
-            source, order = querysql.sorted_files(sort)
-            statement = (
-                sa.select(s.files.c.id, s.files.c.lfn)
-                .select_from(source)
-                .where(self._where(conn, node))
-                .order_by(*order)
-                .limit(limit)
-            )
-            return [(int(row.id), str(row.lfn)) for row in conn.execute(statement)]
-
-    def match_keys(self, node: querylang.Node) -> list[str]:
-        """The metadata keys the matching files have, sorted."""
-        with self.engine.connect() as conn:
-            ids = sa.select(s.files.c.id).where(self._where(conn, node))
-            statement = sa.select(s.file_metadata.c.key).where(s.file_metadata.c.file_id.in_(ids)).distinct()
-            return sorted(conn.scalars(statement))
-
-    def group_counts(self, node: querylang.Node, keys: Sequence[str]) -> list[Group]:
-        """Files and bytes per combination of values of ``keys`` (None: files without the key)."""
-        with self.engine.connect() as conn:
-            statement = querysql.grouped_files(keys).where(self._where(conn, node))
-            return [
-                Group(
-                    tuple(
-                        row_value(*row[4 * i : 4 * i + 4]) if row[4 * i] else None for i in range(len(keys))
-                    ),
-                    int(row.files),
-                    int(row.bytes or 0),
-                )
-                for row in conn.execute(statement)
-            ]
-
-    def _where(self, conn: Connection, node: querylang.Node, after_id: int = 0) -> ColumnElement[bool]:
-        """The query as SQL: datasets resolved, driven from its most selective part (see querysql)."""
-        node, frozen = self._resolve_datasets(conn, node, ())
-        if after_id and self._estimate(conn, sa.select(s.files.c.id).where(s.files.c.id > after_id)) < CAP:
-            # Few files since the cursor (a planner pass): checking each of them is the cheapest plan.
-            return compile_query(node, querysql.Plan(datasets=frozen, after_id=after_id))
-        plan = querysql.plan_query(node, lambda rows: self._estimate(conn, rows), frozen, after_id)
-        return compile_query(node, plan)
-
-    @staticmethod
-    def _estimate(conn: Connection, rows: sa.Select[Any]) -> int:
-        return int(conn.scalar(querysql.capped_count(rows)) or 0)
-
-    def _resolve_datasets(
-        self, conn: Connection, node: querylang.Node, seen: tuple[str, ...]
-    ) -> tuple[querylang.Node, dict[str, int]]:
-        """Inline the queries of live datasets (recursively); frozen ones stay, by id."""
-        names = querylang.datasets(node)
-        if not names:
-            return node, {}
-        rows = {
-            row.name: row for row in conn.execute(sa.select(s.datasets).where(s.datasets.c.name.in_(names)))
-        }
-        unknown = sorted(names - set(rows))
-        if unknown:
-            raise BadInput(f"unknown dataset {unknown[0]!r} (osa-grid datasets list shows them)")
-        frozen: dict[str, int] = {}
-
-        def inline(leaf: querylang.InDataset) -> querylang.Node:
-            row = rows[leaf.name]
-            if row.frozen_at is not None:
-                frozen[leaf.name] = int(row.id)
-                return leaf
-            if leaf.name in seen:
-                raise BadInput(f"datasets refer to each other in a cycle: {' -> '.join([*seen, leaf.name])}")
-            inner, inner_frozen = self._resolve_datasets(conn, querylang.parse(row.query), (*seen, leaf.name))
-            frozen.update(inner_frozen)
-            return inner
-
-        return querylang.replace_datasets(node, inline), frozen
-
-    # ---------------------------------------------------------------- datasets
-    def create_dataset(
-        self, name: str, query: str, description: str | None = None, frozen: bool = False
-    ) -> Dataset:
-        """A named query; ``frozen`` also stores the files it matches now (in one transaction)."""
-        querylang.check_dataset_name(name)
-        node = querylang.parse(query)
-        with self.transaction() as conn:
-            if conn.scalar(sa.select(s.datasets.c.id).where(s.datasets.c.name == name)) is not None:
-                raise BadInput(f"a dataset named {name!r} exists already")
-            if name in querylang.datasets(node):
-                raise BadInput(f"dataset {name!r} cannot be defined by itself")
-            self._resolve_datasets(conn, node, (name,))  # its datasets exist and form no cycle
-            dataset_id = conn.scalar(
-                sa.insert(s.datasets)
-                .values(
-                    name=name, query=querylang.to_text(node), description=description, created_at=utcnow()
-                )
-                .returning(s.datasets.c.id)
-            )
-            self._event(conn, "dataset_created", None, dataset=name, query=querylang.to_text(node))
-            if frozen:
-                self._freeze(conn, int(dataset_id), name, node)
-        return self.dataset(name)
-
-    def freeze_dataset(self, name: str) -> Dataset:
-        """Store the files the dataset's query matches now: from then on, its file list is fixed."""
-        with self.transaction() as conn:
-            row = self._dataset_row(conn, name)
-            if row.frozen_at is not None:
-                raise BadInput(
-                    f"dataset {name!r} was frozen at {row.frozen_at:%Y-%m-%d %H:%M:%S} UTC already"
-                )
-            self._freeze(conn, int(row.id), name, querylang.parse(row.query))
-        return self.dataset(name)
-
-    def _freeze(self, conn: Connection, dataset_id: int, name: str, node: querylang.Node) -> None:
-        # INSERT ... SELECT: the file list never travels through Python, whatever its size.
-        members = sa.select(sa.literal(dataset_id, s.datasets.c.id.type), s.files.c.id).where(
-            self._where(conn, node)
-        )
-        conn.execute(sa.insert(s.dataset_files).from_select(["dataset_id", "file_id"], members))
-        conn.execute(sa.update(s.datasets).where(s.datasets.c.id == dataset_id).values(frozen_at=utcnow()))
-        count = conn.scalar(sa.select(sa.func.count()).where(s.dataset_files.c.dataset_id == dataset_id))
-        self._event(conn, "dataset_frozen", None, dataset=name, files=int(count or 0))
-
-    def delete_dataset(self, name: str) -> None:
-        with self.transaction() as conn:
-            row = self._dataset_row(conn, name)
-            users = [
-                other.name
-                for other in conn.execute(sa.select(s.datasets.c.name, s.datasets.c.query))
-                if other.name != name and name in querylang.datasets(querylang.parse(other.query))
-            ]
-            if users:
-                raise BadInput(f"dataset {name!r} is used by dataset(s) {', '.join(sorted(users))}")
-            conn.execute(sa.delete(s.dataset_files).where(s.dataset_files.c.dataset_id == row.id))
-            conn.execute(sa.delete(s.datasets).where(s.datasets.c.id == row.id))
-            self._event(conn, "dataset_deleted", None, dataset=name)
-
-    def datasets(self) -> list[Dataset]:
-        with self.engine.connect() as conn:
-            names = list(conn.scalars(sa.select(s.datasets.c.name).order_by(s.datasets.c.name)))
-        return [self.dataset(name) for name in names]
-
-    def dataset(self, name: str) -> Dataset:
-        with self.engine.connect() as conn:
-            row = self._dataset_row(conn, name)
-            if row.frozen_at is not None:
-                members = sa.select(s.dataset_files.c.file_id).where(s.dataset_files.c.dataset_id == row.id)
-            else:
-                members = sa.select(s.files.c.id).where(self._where(conn, querylang.parse(row.query)))
-            totals = sa.select(sa.func.count(), sa.func.sum(s.files.c.size)).where(s.files.c.id.in_(members))
-            files, size = conn.execute(totals).one()
-        return Dataset(
-            name=row.name,
-            query=row.query,
-            description=row.description,
-            created_at=row.created_at,
-            frozen_at=row.frozen_at,
-            files=int(files or 0),
-            size=int(size or 0),
-        )
-
-    @staticmethod
-    def _dataset_row(conn: Connection, name: str) -> Any:
-        row = conn.execute(sa.select(s.datasets).where(s.datasets.c.name == name)).first()
-        if row is None:
-            raise BadInput(f"unknown dataset {name!r} (osa-grid datasets list shows them)")
-        return row
-
-    # ---------------------------------------------------------------- nights and provenance
-    def run_summary(self, night: str) -> list[RunLevel]:
-        """Files, sub-runs and bytes per run and data level of a night (``night`` as YYYY-MM-DD)."""
-        node = querylang.Comparison("night", "=", night)
-        with self.engine.connect() as conn:
-            statement = querysql.runs_of_night().where(self._where(conn, node))
-            return [
-                RunLevel(
-                    run_id=row_value(row.run_vtype, row.run_vint, row.run_vnum, row.run_vstr),
-                    data_level=row.data_level,
-                    files=int(row.files),
-                    subruns=int(row.subruns),
-                    size=int(row.bytes or 0),
-                    n_subruns=row.n_subruns,
-                    run_type=row.run_type,
-                    source=row.source,
-                )
-                for row in conn.execute(statement)
-            ]
-
-    def upstream_level(self, task_ids: Sequence[str]) -> UpstreamLevel:
-        """The tasks, their input edges (with roles) and their attempts' provenance, in bulk."""
-        tasks: list[TaskRow] = []
-        edges: list[tuple[str, int, str]] = []
-        attempts: list[dict[str, Any]] = []
-        with self.engine.connect() as conn:
-            for chunk in _chunks(list(task_ids)):
-                tasks += [
-                    _task_row(r) for r in conn.execute(sa.select(s.tasks).where(s.tasks.c.task_id.in_(chunk)))
-                ]
-                inputs = sa.select(s.task_inputs).where(s.task_inputs.c.task_id.in_(chunk))
-                edges += [(r.task_id, int(r.file_id), r.role) for r in conn.execute(inputs)]
-                rows = (
-                    sa.select(s.provenance)
-                    .where(s.provenance.c.task_id.in_(chunk))
-                    .order_by(s.provenance.c.id)
-                )
-                attempts += [dict(r._mapping) for r in conn.execute(rows)]
-        return UpstreamLevel(tasks, edges, attempts)
-
-    def file_ids(self, lfns: Sequence[str]) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            found: dict[str, int] = {}
-            for chunk in _chunks(list(lfns)):
-                statement = sa.select(s.files.c.lfn, s.files.c.id).where(s.files.c.lfn.in_(chunk))
-                found.update({row.lfn: int(row.id) for row in conn.execute(statement)})
-            return found
 
     # ---------------------------------------------------------------- productions
     def save_production(self, name: str, definition: dict[str, Any], digest: str, source: str | None) -> bool:
@@ -1096,34 +816,6 @@ class Catalog:
     def release_lease(self, name: str, holder: str) -> None:
         with self.transaction() as conn:
             conn.execute(sa.delete(s.leases).where((s.leases.c.name == name) & (s.leases.c.holder == holder)))
-
-
-_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-
-
-def _bulk_insert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Rows of plain values (no type conversion) through the driver's fastest path.
-
-    COPY on PostgreSQL, the driver's own executemany elsewhere: SQLAlchemy's per-row parameter
-    processing costs more than the database's insert at 10^5 rows.
-    """
-    columns = list(rows[0])
-    values = [tuple(row[c] for c in columns) for row in rows]
-    quote = conn.dialect.identifier_preparer.quote
-    names = ", ".join(quote(c) for c in columns)
-    if conn.dialect.name == "postgresql":
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor.copy(f"COPY {quote(table.name)} ({names}) FROM STDIN") as copy:
-            for value in values:
-                copy.write_row(value)
-        return
-    marker = _PLACEHOLDERS.get(str(conn.dialect.paramstyle))
-    if marker is None:
-        conn.execute(sa.insert(table), list(rows))
-        return
-    conn.exec_driver_sql(
-        f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join([marker] * len(columns))})", values
-    )
 
 
 def _max_length(column: sa.Column[Any]) -> int | None:
