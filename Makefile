@@ -19,6 +19,7 @@ demo: setup
 
 services:
 	bash scripts/postgres/ensure.sh
+	bash scripts/browser/ensure.sh
 
 lint: setup
 	$(BIN)/ruff check osa_grid tests catalog bench scripts

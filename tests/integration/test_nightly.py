@@ -14,6 +14,7 @@ import yaml
 
 from osa_grid.steps.toy import make_inputs
 
+from .browser import rendered_dom, screenshot
 from .toyworld import OSA_GRID
 
 pytestmark = pytest.mark.integration
@@ -112,6 +113,10 @@ def test_a_complete_night_is_processed_closed_and_shown(tmp_path: Path) -> None:
     page = (tree / "web" / "nightly" / f"{NIGHT_DIR}.html").read_text()
     assert page.count('data-state="COMPLETED"') == 4 and "(closed)" in page
     assert "<th>GammaFrac</th>" in page
+    dom = rendered_dom(tree / "web" / "nightly" / f"{NIGHT_DIR}.html")
+    assert dom.count("<tr data-run=") == 4 and 'data-state="COMPLETED"' in dom
+    picture = screenshot(tree / "web" / "nightly" / f"{NIGHT_DIR}.html", tmp_path / "page.png")
+    assert picture.stat().st_size > 5000
     again = site.nightly("run", "--poll", "0.2")
     assert again.returncode == 0 and "is closed" in again.stdout
 
