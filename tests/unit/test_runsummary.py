@@ -145,3 +145,8 @@ def test_a_night_needs_both_calibration_runs_on_the_same_night() -> None:
 def test_a_night_without_data_runs_has_nothing_to_do() -> None:
     assert plan_night(NIGHT, {NIGHT: runs((1, "DRS4"))}.get).sequences == ()
     assert plan_night(NIGHT, {}.get).sequences == ()
+
+
+def test_an_impossible_delimiter_is_bad_input() -> None:
+    with pytest.raises(BadInput, match="delimiter must be one character"):
+        parse_run_summary("# %ECSV 1.0\n# ---\n# delimiter: ''\nrun_id\n", "RunSummary.ecsv")
