@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-workspace
 
-.PHONY: setup demo test unit integration lint services clean
+.PHONY: setup demo test unit integration lint services slurm-stop clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ demo: setup
 services:
 	bash scripts/postgres/ensure.sh
 	bash scripts/browser/ensure.sh
+	bash scripts/slurm/start.sh
+
+# Stop the local SLURM cluster (started by `make services`); its jobs and accounting are kept.
+slurm-stop:
+	bash scripts/slurm/stop.sh
 
 lint: setup
 	$(BIN)/ruff check osa_grid tests catalog bench scripts

@@ -19,10 +19,12 @@ if TYPE_CHECKING:
 # Backend name -> "module:factory"; the factory is called with the backend's options.
 BACKENDS: dict[str, str] = {
     "local": "osa_grid.backends.local:LocalBackend",
+    "slurm": "osa_grid.backends.slurm:SlurmBackend",
 }
 # Backend name -> "module:function" building the backend from the settings.
 FROM_SETTINGS: dict[str, str] = {
     "local": "osa_grid.backends.local:from_settings",
+    "slurm": "osa_grid.backends.slurm:from_settings",
 }
 
 
