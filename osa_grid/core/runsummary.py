@@ -48,7 +48,7 @@ def parse_run_summary(text: str, source: str) -> NightRuns:
     """A RunSummary ECSV (with or without the newer data_format/evb_preprocessing columns)."""
     header, body, first_line = _split_ecsv(text, source)
     delimiter = str(header.get("delimiter", " ")) if isinstance(header, dict) else " "
-    if len(delimiter) != 1 or delimiter in "\"\r\n":
+    if len(delimiter) != 1 or delimiter in '"\r\n':
         raise BadInput(f"{source}: the ECSV delimiter must be one character, not {delimiter!r}")
     reader = csv.reader(io.StringIO(body), delimiter=delimiter, skipinitialspace=delimiter == " ")
     rows = [row for row in reader if row]
