@@ -14,6 +14,7 @@ from rich.live import Live
 from osa_grid import __version__
 from osa_grid.cli.common import console, handle_errors, settings_of
 from osa_grid.cli.nightly import nightly_app
+from osa_grid.cli.site import site_app
 from osa_grid.cli.views import failures_table, production_table
 from osa_grid.core.metadata import parse_literal
 from osa_grid.core.models import Production
@@ -43,6 +44,7 @@ files_app = typer.Typer(help="Register and inspect files in the catalog.", no_ar
 app.add_typer(production_app, name="production")
 app.add_typer(files_app, name="files")
 app.add_typer(nightly_app, name="nightly")
+app.add_typer(site_app, name="site")
 
 
 def _version(value: bool) -> None:

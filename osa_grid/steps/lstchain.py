@@ -1,0 +1,318 @@
+"""lstchain tools as osa-grid steps: output names, argv builders and the glue some tools need.
+
+Most lstchain tools are called directly by the transformations in ``transformations/lst_*.yaml`` (their argv
+is the YAML template, rendered by osa-grid and recorded in the provenance). A few need glue that a
+template cannot express; they run through this module, which builds the exact lstchain command with the
+pure functions below, runs it, and leaves the outputs where osa-grid expects them:
+
+    calibration   PEDCALIB run + the night's DRS4 pedestal -> calibration file (lstchain's onsite
+                  configuration found in the job's own lstchain installation)
+    merge         a run's sub-run DL1 files -> one run-wise DL1 file (lstchain wants a directory)
+    dl1-to-dl2    DL1 + the four model files -> DL2 (lstchain wants the models in one directory)
+    dl3           DL2 + an IRF file -> DL3 (lstchain wants an IRF directory and a file pattern)
+    dl3-index     a night's DL3 files -> hdu-index / obs-index (paths relative to the DL3 directory)
+
+Run ``python -m osa_grid.steps.lstchain --help``. Nothing here imports lstchain: the tools run as
+subprocesses of the interpreter given by ``--python`` (default: this one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+# Python distributions whose versions go into the provenance of every lstchain step.
+SOFTWARE = ("lstchain", "ctapipe", "ctapipe_io_lst")
+
+# Tool name -> module run with ``python -m`` (the console scripts may not be on PATH in a job).
+TOOLS = {
+    "lstchain_create_drs4_pedestal_file": "lstchain.tools.lstchain_create_drs4_pedestal_file",
+    "lstchain_create_calibration_file": "lstchain.tools.lstchain_create_calibration_file",
+    "lstchain_create_run_summary": "lstchain.scripts.lstchain_create_run_summary",
+    "lstchain_data_r0_to_dl1": "lstchain.scripts.lstchain_data_r0_to_dl1",
+    "lstchain_merge_hdf5_files": "lstchain.scripts.lstchain_merge_hdf5_files",
+    "lstchain_dl1_to_dl2": "lstchain.tools.lstchain_dl1_to_dl2",
+    "lstchain_mc_r0_to_dl1": "lstchain.scripts.lstchain_mc_r0_to_dl1",
+    "lstchain_mc_trainpipe": "lstchain.scripts.lstchain_mc_trainpipe",
+    "lstchain_create_irf_files": "lstchain.tools.lstchain_create_irf_files",
+    "lstchain_create_dl3_file": "lstchain.tools.lstchain_create_dl3_file",
+    "lstchain_create_dl3_index_files": "lstchain.tools.lstchain_create_dl3_index_files",
+}
+
+# The four models lstchain_mc_trainpipe writes with the standard ``disp_method: disp_norm_sign``.
+MODEL_FILES = ("reg_energy.sav", "reg_disp_norm.sav", "cls_disp_sign.sav", "cls_gh.sav")
+# LST-1's calibration event selection needs a few hundred events of each kind; small synthetic runs
+# have fewer, so the statistics per calibration sample are an argument (default: LST-1's onsite value).
+DEFAULT_CALIBRATION_SAMPLE = 2500
+
+_R0 = re.compile(r"^LST-1\.(?P<stream>\d)\.Run(?P<run>\d{5})\.(?P<subrun>\d{4})\.fits\.fz$")
+
+
+# ------------------------------------------------------------------------------------------ names
+def r0_file_name(stream: int, run_id: int, subrun_id: int) -> str:
+    return f"LST-1.{stream}.Run{run_id:05d}.{subrun_id:04d}.fits.fz"
+
+
+def dl1_subrun_name(run_id: int, subrun_id: int) -> str:
+    return f"dl1_LST-1.Run{run_id:05d}.{subrun_id:04d}.h5"
+
+
+def muons_subrun_name(run_id: int, subrun_id: int) -> str:
+    return f"muons_LST-1.Run{run_id:05d}.{subrun_id:04d}.fits"
+
+
+def dl1_run_name(run_id: int) -> str:
+    return f"dl1_LST-1.Run{run_id:05d}.h5"
+
+
+def dl2_run_name(run_id: int) -> str:
+    return f"dl2_LST-1.Run{run_id:05d}.h5"
+
+
+def dl3_run_name(run_id: int) -> str:
+    return f"dl3_LST-1.Run{run_id:05d}.fits"
+
+
+def drs4_pedestal_name(run_id: int) -> str:
+    return f"drs4_pedestal.Run{run_id:05d}.0000.h5"
+
+
+def calibration_name(run_id: int) -> str:
+    return f"calibration_filters_52.Run{run_id:05d}.0000.h5"
+
+
+def parse_r0_name(name: str) -> tuple[int, int, int]:
+    """(stream, run_id, subrun_id) of an R0 file name; ValueError for anything else."""
+    match = _R0.match(name)
+    if match is None:
+        raise ValueError(f"{name!r} is not an LST-1 R0 file name (LST-1.S.RunNNNNN.SSSS.fits.fz)")
+    return int(match["stream"]), int(match["run"]), int(match["subrun"])
+
+
+# ------------------------------------------------------------------------------------------ argv builders
+def tool(python: str, name: str) -> list[str]:
+    """The argv prefix that runs an lstchain tool with a given interpreter."""
+    return [python, "-m", TOOLS[name]]
+
+
+def drs4_pedestal_argv(python: str, r0_file: str, output: str, max_events: int | None = None) -> list[str]:
+    argv = [*tool(python, "lstchain_create_drs4_pedestal_file"), f"--input={r0_file}", f"--output={output}"]
+    if max_events is not None:
+        argv.append(f"--max-events={max_events}")
+    return [*argv, "--overwrite"]
+
+
+def calibration_argv(
+    python: str,
+    r0_file: str,
+    drs4_pedestal: str,
+    output: str,
+    config: str,
+    sample_size: int = DEFAULT_CALIBRATION_SAMPLE,
+    events_to_skip: int = 0,
+) -> list[str]:
+    return [
+        *tool(python, "lstchain_create_calibration_file"),
+        f"--input_file={r0_file}",
+        f"--output_file={output}",
+        f"--pedestal_file={drs4_pedestal}",
+        f"--config={config}",
+        f"--events_to_skip={events_to_skip}",
+        f"--FlatFieldCalculator.sample_size={sample_size}",
+        f"--PedestalCalculator.sample_size={sample_size}",
+    ]
+
+
+def merge_argv(python: str, input_dir: str, output: str, run_id: int | None = None) -> list[str]:
+    argv = [
+        *tool(python, "lstchain_merge_hdf5_files"),
+        f"--input-dir={input_dir}",
+        f"--output-file={output}",
+        "--no-image",
+        "--no-progress",
+    ]
+    if run_id is not None:
+        argv.append(f"--run-number={run_id}")
+    return argv
+
+
+def dl1_to_dl2_argv(python: str, dl1: str, models_dir: str, output_dir: str, config: str) -> list[str]:
+    return [
+        *tool(python, "lstchain_dl1_to_dl2"),
+        f"--input-files={dl1}",
+        f"--path-models={models_dir}",
+        f"--output-dir={output_dir}",
+        f"--config={config}",
+    ]
+
+
+def dl3_argv(
+    python: str, dl2: str, irf: str, output_dir: str, source: str, ra_deg: float, dec_deg: float
+) -> list[str]:
+    irf_path = Path(irf)
+    return [
+        *tool(python, "lstchain_create_dl3_file"),
+        f"--input-dl2={dl2}",
+        f"--input-irf-path={irf_path.parent}",
+        f"--irf-file-pattern={irf_path.name}",
+        f"--output-dl3-path={output_dir}",
+        f"--source-name={source}",
+        f"--source-ra={ra_deg}deg",
+        f"--source-dec={dec_deg}deg",
+        "--overwrite",
+    ]
+
+
+def dl3_index_argv(python: str, dl3_dir: str, output_dir: str) -> list[str]:
+    return [
+        *tool(python, "lstchain_create_dl3_index_files"),
+        f"--input-dl3-dir={dl3_dir}",
+        f"--output-index-path={output_dir}",
+        "--file-pattern=dl3_*.fits*",
+        "--overwrite",
+    ]
+
+
+# ------------------------------------------------------------------------------------------ glue
+def _run(argv: Sequence[str], cwd: Path) -> None:
+    """Run one tool (its output goes to the task's logs); a failure ends this step with its exit code."""
+    print("+ " + " ".join(argv), flush=True)
+    code = subprocess.run(list(argv), cwd=cwd, check=False).returncode
+    if code != 0:
+        print(
+            f"{Path(argv[2] if len(argv) > 2 else argv[0]).name} failed with exit code {code}",
+            file=sys.stderr,
+        )
+        raise SystemExit(code if 0 < code < 256 else 1)
+
+
+def _link_into(directory: Path, files: Sequence[str]) -> Path:
+    """Symbolic links to ``files`` in a fresh ``directory`` (for tools that read a whole directory)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    for name in files:
+        source = Path(name).resolve()
+        (directory / source.name).symlink_to(source)
+    return directory
+
+
+def _require(path: Path, what: str) -> None:
+    if not path.is_file() or path.stat().st_size == 0:
+        print(f"{what}: {path} was not written", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def onsite_calibration_config() -> str:
+    """The camera calibration configuration LST-1 uses onsite, from the lstchain installed here."""
+    from importlib.resources import files
+
+    return str(files("lstchain") / "data" / "onsite_camera_calibration_param.json")
+
+
+def calibration(args: argparse.Namespace) -> None:
+    work = Path(args.workdir)
+    config = args.config or onsite_calibration_config()
+    _run(
+        calibration_argv(args.python, args.input, args.drs4, args.output, config, args.sample_size),
+        work,
+    )
+    _require(Path(args.output), "calibration file")
+
+
+def merge(args: argparse.Namespace) -> None:
+    work = Path(args.workdir)
+    inputs = _link_into(work / "inputs", args.inputs)
+    _run(merge_argv(args.python, str(inputs), args.output, args.run_id), work)
+    _require(Path(args.output), "merged DL1")
+
+
+def dl1_to_dl2(args: argparse.Namespace) -> None:
+    names = sorted(Path(m).name for m in args.model)
+    if names != sorted(MODEL_FILES):
+        raise SystemExit(f"dl1-to-dl2: expected the models {', '.join(MODEL_FILES)}, got {', '.join(names)}")
+    work = Path(args.workdir)
+    models = _link_into(work / "models", args.model)
+    _run(dl1_to_dl2_argv(args.python, args.input, str(models), str(work), args.config), work)
+    _require(work / Path(args.input).name.replace("dl1_", "dl2_", 1), "DL2")
+
+
+def dl3(args: argparse.Namespace) -> None:
+    work = Path(args.workdir)
+    _run(dl3_argv(args.python, args.input, args.irf, str(work), args.source, args.ra, args.dec), work)
+    dl3_name = Path(args.input).name.replace("dl2_", "dl3_", 1).removesuffix(".h5") + ".fits"
+    _require(work / dl3_name, "DL3")
+
+
+def dl3_index(args: argparse.Namespace) -> None:
+    """Index files next to links to the DL3 files, so their paths are relative to the DL3 directory."""
+    work = Path(args.workdir)
+    links = [work / Path(name).name for name in args.inputs]
+    for link, name in zip(links, args.inputs, strict=True):
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(name).resolve())
+    try:
+        _run(dl3_index_argv(args.python, str(work), str(work)), work)
+    finally:
+        for link in links:
+            link.unlink(missing_ok=True)
+    for index in ("hdu-index.fits.gz", "obs-index.fits.gz"):
+        _require(work / index, "DL3 index")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="python -m osa_grid.steps.lstchain", description=__doc__.split("\n\n")[0]
+    )
+    top.add_argument("--python", default=sys.executable, help="interpreter that runs the lstchain tools")
+    top.add_argument("--workdir", default=".", help="the task's work directory")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    calib = sub.add_parser("calibration", help="PEDCALIB run + DRS4 pedestal -> calibration file")
+    calib.add_argument("--drs4", required=True, help="the night's DRS4 pedestal file")
+    calib.add_argument("--output", required=True)
+    calib.add_argument("--config", default=None, help="default: lstchain's onsite calibration configuration")
+    calib.add_argument("--sample-size", type=int, default=DEFAULT_CALIBRATION_SAMPLE)
+    calib.add_argument("input", help="the PEDCALIB run's R0 file (stream 1, sub-run 0)")
+    calib.set_defaults(func=calibration)
+
+    merge_cmd = sub.add_parser("merge", help="sub-run DL1 files -> one run-wise DL1 file")
+    merge_cmd.add_argument("--run-id", type=int, default=None)
+    merge_cmd.add_argument("--output", required=True)
+    merge_cmd.add_argument("inputs", nargs="+")
+    merge_cmd.set_defaults(func=merge)
+
+    dl2 = sub.add_parser("dl1-to-dl2", help="DL1 + random forests -> DL2 (written in --workdir)")
+    dl2.add_argument("--config", required=True)
+    dl2.add_argument("--model", action="append", required=True, help="a model file (repeat for each)")
+    dl2.add_argument("input")
+    dl2.set_defaults(func=dl1_to_dl2)
+
+    dl3_cmd = sub.add_parser("dl3", help="DL2 + IRF -> DL3 (written in --workdir)")
+    dl3_cmd.add_argument("--irf", required=True)
+    dl3_cmd.add_argument("--source", required=True)
+    dl3_cmd.add_argument("--ra", type=float, required=True, help="deg")
+    dl3_cmd.add_argument("--dec", type=float, required=True, help="deg")
+    dl3_cmd.add_argument("input")
+    dl3_cmd.set_defaults(func=dl3)
+
+    index = sub.add_parser("dl3-index", help="a night's DL3 files -> hdu-index and obs-index")
+    index.add_argument("inputs", nargs="+")
+    index.set_defaults(func=dl3_index)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

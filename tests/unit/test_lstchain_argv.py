@@ -1,0 +1,409 @@
+"""The lstchain steps: output names, exact argv (builders and rendered transformations), resources.
+
+No lstchain needed: these check what osa-grid would run, not the run itself (tests/integration does that).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from osa_grid.core.models import Production, Transformation
+from osa_grid.core.planner import FileRecord
+from osa_grid.core.rendering import render_needs, render_task
+from osa_grid.services.productions import load_production
+from osa_grid.steps import lstchain as steps
+
+ROOT = Path(__file__).resolve().parents[2]
+NIGHT = date(2025, 11, 20)
+PY = "/venv/bin/python"
+WORK = "/work/task/attempt-1"
+
+
+@pytest.fixture(scope="module")
+def night() -> Production:
+    return load_production(ROOT / "workflows" / "lst_night.yaml")
+
+
+@pytest.fixture(scope="module")
+def mc() -> Production:
+    return load_production(ROOT / "workflows" / "lst_mc.yaml")
+
+
+def r0(run_id: int, subrun_id: int, run_type: str = "DATA", **extra: Any) -> FileRecord:
+    metadata = {
+        "data_level": "R0",
+        "night": NIGHT,
+        "run_id": run_id,
+        "subrun_id": subrun_id,
+        "stream": 1,
+        "run_type": run_type,
+        "n_subruns": 3,
+        "n_data_runs": 2,
+        "drs4_run": 1805,
+        "pedcal_run": 1806,
+        "evb_preprocessing": "PE_CALIBRATION" if run_type == "DATA" else "NONE",
+        "source": "Crab",
+        "source_ra": 83.6329,
+        "source_dec": 22.0145,
+        "wobble": "W1",
+        "mc_production": "toy-v1",
+        **extra,
+    }
+    name = steps.r0_file_name(1, run_id, subrun_id)
+    return FileRecord(id=run_id * 100 + subrun_id, lfn=f"R0/20251120/{name}", metadata=metadata)
+
+
+def rendered(t: Transformation, inputs: list[FileRecord], paths: list[str], **needs: str) -> Any:
+    return render_task("lst-night", t, "tid", inputs, paths, WORK, 1, t.step.resources, PY, needs)
+
+
+# ---------------------------------------------------------------------------------------- names
+def test_output_names() -> None:
+    assert steps.r0_file_name(2, 1807, 3) == "LST-1.2.Run01807.0003.fits.fz"
+    assert steps.dl1_subrun_name(1807, 3) == "dl1_LST-1.Run01807.0003.h5"
+    assert steps.muons_subrun_name(1807, 3) == "muons_LST-1.Run01807.0003.fits"
+    assert steps.dl1_run_name(1807) == "dl1_LST-1.Run01807.h5"
+    assert steps.dl2_run_name(1807) == "dl2_LST-1.Run01807.h5"
+    assert steps.dl3_run_name(1807) == "dl3_LST-1.Run01807.fits"
+    assert steps.drs4_pedestal_name(1805) == "drs4_pedestal.Run01805.0000.h5"
+    assert steps.calibration_name(1806) == "calibration_filters_52.Run01806.0000.h5"
+
+
+def test_parse_r0_name() -> None:
+    assert steps.parse_r0_name("LST-1.4.Run02008.0123.fits.fz") == (4, 2008, 123)
+    for bad in ("LST-1.1.Run2008.0000.fits.fz", "LST-1.1.Run02008.0000_first50.fits.fz", "dl1.h5"):
+        with pytest.raises(ValueError, match="not an LST-1 R0 file name"):
+            steps.parse_r0_name(bad)
+
+
+# ---------------------------------------------------------------------------------------- builders
+def test_drs4_pedestal_argv() -> None:
+    assert steps.drs4_pedestal_argv(PY, "/r0/a.fits.fz", "/w/drs4.h5", max_events=50) == [
+        PY,
+        "-m",
+        "lstchain.tools.lstchain_create_drs4_pedestal_file",
+        "--input=/r0/a.fits.fz",
+        "--output=/w/drs4.h5",
+        "--max-events=50",
+        "--overwrite",
+    ]
+
+
+def test_calibration_argv() -> None:
+    assert steps.calibration_argv(PY, "/r0/p.fits.fz", "/c/drs4.h5", "/w/cal.h5", "/cfg.json", 40) == [
+        PY,
+        "-m",
+        "lstchain.tools.lstchain_create_calibration_file",
+        "--input_file=/r0/p.fits.fz",
+        "--output_file=/w/cal.h5",
+        "--pedestal_file=/c/drs4.h5",
+        "--config=/cfg.json",
+        "--events_to_skip=0",
+        "--FlatFieldCalculator.sample_size=40",
+        "--PedestalCalculator.sample_size=40",
+    ]
+
+
+def test_merge_dl2_dl3_and_index_argv() -> None:
+    assert steps.merge_argv(PY, "/w/inputs", "/w/dl1_LST-1.Run01807.h5", 1807) == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_merge_hdf5_files",
+        "--input-dir=/w/inputs",
+        "--output-file=/w/dl1_LST-1.Run01807.h5",
+        "--no-image",
+        "--no-progress",
+        "--run-number=1807",
+    ]
+    assert steps.dl1_to_dl2_argv(PY, "/d/dl1.h5", "/w/models", "/w", "/cfg.json") == [
+        PY,
+        "-m",
+        "lstchain.tools.lstchain_dl1_to_dl2",
+        "--input-files=/d/dl1.h5",
+        "--path-models=/w/models",
+        "--output-dir=/w",
+        "--config=/cfg.json",
+    ]
+    assert steps.dl3_argv(PY, "/d/dl2.h5", "/irf/dir/irf.fits.gz", "/w", "Crab", 83.6329, 22.0145) == [
+        PY,
+        "-m",
+        "lstchain.tools.lstchain_create_dl3_file",
+        "--input-dl2=/d/dl2.h5",
+        "--input-irf-path=/irf/dir",
+        "--irf-file-pattern=irf.fits.gz",
+        "--output-dl3-path=/w",
+        "--source-name=Crab",
+        "--source-ra=83.6329deg",
+        "--source-dec=22.0145deg",
+        "--overwrite",
+    ]
+    assert steps.dl3_index_argv(PY, "/w", "/w") == [
+        PY,
+        "-m",
+        "lstchain.tools.lstchain_create_dl3_index_files",
+        "--input-dl3-dir=/w",
+        "--output-index-path=/w",
+        "--file-pattern=dl3_*.fits*",
+        "--overwrite",
+    ]
+
+
+def test_every_tool_is_a_module_of_lstchain() -> None:
+    for name, module in steps.TOOLS.items():
+        assert module.startswith("lstchain.") and module.endswith(name)
+
+
+# ---------------------------------------------------------------------------------------- transformations
+def test_r0_to_dl1_transformation(night: Production) -> None:
+    t = night.transformation("r0_to_dl1")
+    task = rendered(
+        t,
+        [r0(1807, 3)],
+        ["/site/R0/20251120/LST-1.1.Run01807.0003.fits.fz"],
+        drive_log="/site/DrivePosition_log_20251120.txt",
+        run_summary="/site/RunSummary_20251120.ecsv",
+        config="/mc/lstchain_config.json",
+    )
+    assert task.argv == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_data_r0_to_dl1",
+        "--input-file=/site/R0/20251120/LST-1.1.Run01807.0003.fits.fz",
+        f"--output-dir={WORK}",
+        "--pointing-file=/site/DrivePosition_log_20251120.txt",
+        "--run-summary-path=/site/RunSummary_20251120.ecsv",
+        "--config=/mc/lstchain_config.json",
+    ]
+    dl1, muons = task.outputs
+    assert dl1.lfn == "lst-night/DL1/20251120/dl1_LST-1.Run01807.0003.h5"
+    assert muons.lfn == "lst-night/muons/20251120/muons_LST-1.Run01807.0003.fits"
+    assert dl1.metadata["data_level"] == "DL1" and dl1.metadata["subrun_id"] == 3
+    assert "stream" not in dl1.metadata and dl1.metadata["mc_production"] == "toy-v1"
+    assert render_needs(t, [r0(1807, 3)]) == {
+        "drive_log": "data_level = DRIVE_LOG and night = 2025-11-20",
+        "run_summary": "data_level = RUN_SUMMARY and night = 2025-11-20",
+        "config": "data_level = LSTCHAIN_CONFIG and mc_production = toy-v1",
+    }
+    # About 2.3 GB resident: the local backend must not start more than the memory admits.
+    assert t.step.resources.memory_gb >= 2.5
+
+
+def test_raw_r0_to_dl1_waits_for_the_nights_calibration(night: Production) -> None:
+    t = night.transformation("r0_to_dl1_raw")
+    raw = [r0(1808, 1, evb_preprocessing="NONE")]
+    assert render_needs(t, raw) == {
+        "drive_log": "data_level = DRIVE_LOG and night = 2025-11-20",
+        "run_summary": "data_level = RUN_SUMMARY and night = 2025-11-20",
+        "config": "data_level = LSTCHAIN_CONFIG and mc_production = toy-v1",
+        "drs4": "data_level = DRS4_PEDESTAL and run_id = 1805",
+        "calibration": "data_level = CALIBRATION and run_id = 1806",
+    }
+    needs = {
+        "drive_log": "/d.txt",
+        "run_summary": "/r.ecsv",
+        "config": "/c.json",
+        "drs4": "/cal/drs4_pedestal.Run01805.0000.h5",
+        "calibration": "/cal/calibration_filters_52.Run01806.0000.h5",
+    }
+    task = rendered(t, raw, ["/r0/LST-1.1.Run01808.0001.fits.fz"], **needs)
+    assert task.argv == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_data_r0_to_dl1",
+        "--input-file=/r0/LST-1.1.Run01808.0001.fits.fz",
+        f"--output-dir={WORK}",
+        "--pointing-file=/d.txt",
+        "--run-summary-path=/r.ecsv",
+        "--config=/c.json",
+        "--pedestal-file=/cal/drs4_pedestal.Run01805.0000.h5",
+        "--calibration-file=/cal/calibration_filters_52.Run01806.0000.h5",
+    ]
+    assert task.outputs[0].file_name == "dl1_LST-1.Run01808.0001.h5"
+    # Both modes feed the same run-wise merge.
+    assert set(night.transformation("merge_dl1").input.parents) == {"r0_to_dl1", "r0_to_dl1_raw"}
+
+
+def test_calibration_transformations(night: Production) -> None:
+    drs4 = rendered(night.transformation("drs4_pedestal"), [r0(1805, 0, "DRS4")], ["/r0/drs4.fits.fz"])
+    assert drs4.argv == [
+        PY,
+        "-m",
+        "lstchain.tools.lstchain_create_drs4_pedestal_file",
+        "--input=/r0/drs4.fits.fz",
+        f"--output={WORK}/drs4_pedestal.Run01805.0000.h5",
+        "--overwrite",
+    ]
+    assert drs4.outputs[0].metadata["data_level"] == "DRS4_PEDESTAL"
+    t = night.transformation("calibration")
+    pedcal = [r0(1806, 0, "PEDCALIB", calibration_sample_size=50)]
+    assert render_needs(t, pedcal) == {"drs4": "data_level = DRS4_PEDESTAL and run_id = 1805"}
+    calib = rendered(t, pedcal, ["/r0/pedcal.fits.fz"], drs4="/store/drs4_pedestal.Run01805.0000.h5")
+    assert calib.argv == [
+        PY,
+        "-m",
+        "osa_grid.steps.lstchain",
+        f"--workdir={WORK}",
+        "calibration",
+        "--drs4=/store/drs4_pedestal.Run01805.0000.h5",
+        f"--output={WORK}/calibration_filters_52.Run01806.0000.h5",
+        "--sample-size=50",
+        "/r0/pedcal.fits.fz",
+    ]
+    assert calib.outputs[0].lfn == "lst-night/calibration/20251120/calibration_filters_52.Run01806.0000.h5"
+
+
+def test_run_wise_transformations(night: Production) -> None:
+    dl1 = [
+        FileRecord(i, steps.dl1_subrun_name(1807, i), {**r0(1807, i).metadata, "data_level": "DL1"})
+        for i in range(3)
+    ]
+    merge = rendered(night.transformation("merge_dl1"), dl1, ["/s/a.h5", "/s/b.h5", "/s/c.h5"])
+    assert merge.argv == [
+        PY,
+        "-m",
+        "osa_grid.steps.lstchain",
+        f"--workdir={WORK}",
+        "merge",
+        "--run-id=1807",
+        f"--output={WORK}/dl1_LST-1.Run01807.h5",
+        "/s/a.h5",
+        "/s/b.h5",
+        "/s/c.h5",
+    ]
+    run = [FileRecord(9, "dl1_LST-1.Run01807.h5", {**merge.outputs[0].metadata})]
+    models = {name.removesuffix(".sav"): f"/m/{name}" for name in steps.MODEL_FILES}
+    dl2 = rendered(night.transformation("dl1_to_dl2"), run, ["/s/dl1.h5"], config="/c.json", **models)
+    assert dl2.argv == [
+        PY,
+        "-m",
+        "osa_grid.steps.lstchain",
+        f"--workdir={WORK}",
+        "dl1-to-dl2",
+        "--config=/c.json",
+        "--model=/m/reg_energy.sav",
+        "--model=/m/reg_disp_norm.sav",
+        "--model=/m/cls_disp_sign.sav",
+        "--model=/m/cls_gh.sav",
+        "/s/dl1.h5",
+    ]
+    assert dl2.outputs[0].lfn == "lst-night/DL2/20251120/dl2_LST-1.Run01807.h5"
+    run2 = [FileRecord(10, "dl2_LST-1.Run01807.h5", {**dl2.outputs[0].metadata})]
+    dl3 = rendered(night.transformation("dl3"), run2, ["/s/dl2.h5"], irf="/i/irf.fits.gz")
+    assert dl3.argv == [
+        PY,
+        "-m",
+        "osa_grid.steps.lstchain",
+        f"--workdir={WORK}",
+        "dl3",
+        "--irf=/i/irf.fits.gz",
+        "--source=Crab",
+        "--ra=83.6329",
+        "--dec=22.0145",
+        "/s/dl2.h5",
+    ]
+    assert dl3.outputs[0].lfn == "lst-night/DL3/20251120/dl3_LST-1.Run01807.fits"
+    index = rendered(night.transformation("dl3_index"), run2, ["/s/dl3_1.fits"])
+    assert [o.lfn for o in index.outputs] == [
+        "lst-night/DL3/20251120/hdu-index.fits.gz",
+        "lst-night/DL3/20251120/obs-index.fits.gz",
+    ]
+
+
+def test_mc_transformations(mc: Production) -> None:
+    meta = {"data_level": "MC_R1", "mc_kind": "gamma_diffuse", "mc_run": 1, "mc_production": "toy-v1"}
+    sim = [FileRecord(1, "MC/toy-v1/gamma_diffuse_run0001.h5", meta)]
+    dl1 = rendered(mc.transformation("mc_r0_to_dl1"), sim, ["/mc/g.h5"], config="/c.json")
+    assert dl1.argv == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_mc_r0_to_dl1",
+        "--input-file=/mc/g.h5",
+        f"--output-dir={WORK}",
+        "--config=/c.json",
+    ]
+    assert dl1.outputs[0].file_name == "dl1_gamma_diffuse_run0001.h5"
+    train_inputs = [FileRecord(2, "dl1_gamma_diffuse_run0001.h5", dict(dl1.outputs[0].metadata))]
+    train = rendered(
+        mc.transformation("mc_train"), train_inputs, ["/s/g.h5"], proton="/s/p.h5", config="/c.json"
+    )
+    assert train.argv == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_mc_trainpipe",
+        "--input-file-gamma=/s/g.h5",
+        "--input-file-proton=/s/p.h5",
+        f"--output-dir={WORK}",
+        "--config=/c.json",
+    ]
+    assert sorted(o.file_name for o in train.outputs) == sorted(steps.MODEL_FILES)
+    point = [
+        FileRecord(
+            3, "dl2_gamma_point_run0001.h5", {**meta, "mc_kind": "gamma_point", "data_level": "MC_DL2"}
+        )
+    ]
+    irf = rendered(mc.transformation("mc_irf"), point, ["/s/dl2.h5"])
+    assert irf.argv == [
+        PY,
+        "-m",
+        "lstchain.tools.lstchain_create_irf_files",
+        "--input-gamma-dl2=/s/dl2.h5",
+        f"--output-irf-file={WORK}/irf_point-like_toy-v1.fits.gz",
+        "--point-like",
+        "--gh-efficiency=0.7",
+        "--theta-containment=0.7",
+        "--overwrite",
+    ]
+    assert irf.outputs[0].metadata == {
+        "mc_production": "toy-v1",
+        "data_level": "IRF",
+        "irf_type": "point-like",
+        "production": "lst-night",
+        "transformation": "mc_irf",
+    }
+
+
+def test_software_versions_go_into_provenance(night: Production, mc: Production) -> None:
+    for production in (night, mc):
+        for t in production.transformations:
+            assert set(steps.SOFTWARE) <= set(t.step.software), t.name
+
+
+# ---------------------------------------------------------------------------------------- glue
+def test_glue_reports_the_tool_exit_code(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        steps._run([sys.executable, "-c", "raise SystemExit(3)"], tmp_path)
+    assert stopped.value.code == 3
+
+
+def test_dl1_to_dl2_refuses_an_incomplete_model_set(tmp_path: Path) -> None:
+    argv = [
+        "--workdir",
+        str(tmp_path),
+        "dl1-to-dl2",
+        "--config=/c.json",
+        "--model=/m/cls_gh.sav",
+        "/d/dl1.h5",
+    ]
+    with pytest.raises(SystemExit, match="expected the models"):
+        steps.main(argv)
+
+
+def test_dl3_index_links_then_removes_the_inputs(tmp_path: Path) -> None:
+    """The index tool is replaced by a failing interpreter: the links must not outlive the step."""
+    dl3 = tmp_path / "store" / "dl3_LST-1.Run01807.fits"
+    dl3.parent.mkdir()
+    dl3.write_text("x")
+    work = tmp_path / "work"
+    work.mkdir()
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/sh\nexit 4\n")
+    fake_python.chmod(0o755)
+    with pytest.raises(SystemExit) as stopped:
+        steps.main(["--python", str(fake_python), "--workdir", str(work), "dl3-index", str(dl3)])
+    assert stopped.value.code == 4
+    assert list(work.iterdir()) == []
