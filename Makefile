@@ -41,3 +41,11 @@ test: lint unit integration
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (issue 9): orchestration overhead against GNU parallel, xargs and Snakemake, then planner
+# scale. Several minutes; `make bench BENCH_ARGS=--quick` for a smoke run. Figures: docs/benchmarks.md.
+.PHONY: bench
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python bench/overhead.py $(BENCH_ARGS)
+	$(BIN)/python bench/planner.py $(BENCH_ARGS)

@@ -50,8 +50,15 @@ files = sa.Table(
     sa.Column("task_id", sa.String(64), nullable=True, index=True),
 )
 
+# Text compared by code point on PostgreSQL too, whose default collation may be linguistic: ranges
+# (night in 2024-01-01..2024-03-31) and prefix globs (source ~ Mrk*) can then use the index.
+MetadataText = sa.String(1024).with_variant(sa.String(1024, collation="C"), "postgresql")
+
 # One row per (file, key). Values are typed: ints in vint (and vnum), floats in vnum,
 # strings, dates and datetimes (ISO text, which sorts like the value) in vstr.
+# The two partial indexes end with file_id, so a condition's matching files come from the index alone
+# (on SQLite, a WITHOUT ROWID table appends its primary key to every index anyway); int conditions
+# narrow on vnum first (osa_grid.catalog.querysql), so vint needs no index of its own.
 file_metadata = sa.Table(
     "file_metadata",
     metadata,
@@ -60,10 +67,32 @@ file_metadata = sa.Table(
     sa.Column("vtype", sa.String(8), nullable=False),
     sa.Column("vint", sa.BigInteger, nullable=True),
     sa.Column("vnum", sa.Double, nullable=True),
-    sa.Column("vstr", sa.String(1024), nullable=True),
-    sa.Index("ix_file_metadata_key_vint", "key", "vint"),
-    sa.Index("ix_file_metadata_key_vnum", "key", "vnum"),
-    sa.Index("ix_file_metadata_key_vstr", "key", "vstr"),
+    sa.Column("vstr", MetadataText, nullable=True),
+    sa.Index(
+        "ix_file_metadata_key_vnum",
+        "key",
+        "vnum",
+        "file_id",
+        sqlite_where=sa.text("vnum IS NOT NULL"),
+        postgresql_where=sa.text("vnum IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_file_metadata_key_vstr",
+        "key",
+        "vstr",
+        "file_id",
+        sqlite_where=sa.text("vstr IS NOT NULL"),
+        postgresql_where=sa.text("vstr IS NOT NULL"),
+    ),
+    sqlite_with_rowid=False,
+)
+
+# Every (key, stored type) pair any file has had: what a query may ask for, known without a scan.
+metadata_keys = sa.Table(
+    "metadata_keys",
+    metadata,
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("vtype", sa.String(8), primary_key=True),
 )
 
 replicas = sa.Table(
@@ -85,6 +114,9 @@ datasets = sa.Table(
     sa.Column("name", sa.String(256), nullable=False, unique=True),
     sa.Column("query", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    # Set when the dataset's file list was stored in dataset_files; until then the query decides.
+    sa.Column("frozen_at", UTCDateTime, nullable=True),
 )
 
 dataset_files = sa.Table(

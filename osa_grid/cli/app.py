@@ -14,6 +14,7 @@ from rich.live import Live
 from osa_grid import __version__
 from osa_grid.cli.common import console, handle_errors, settings_of
 from osa_grid.cli.nightly import nightly_app
+from osa_grid.cli.query_cmds import register as register_query_commands
 from osa_grid.cli.site import site_app
 from osa_grid.cli.views import failures_table, production_table
 from osa_grid.core.metadata import parse_literal
@@ -45,6 +46,7 @@ app.add_typer(production_app, name="production")
 app.add_typer(files_app, name="files")
 app.add_typer(nightly_app, name="nightly")
 app.add_typer(site_app, name="site")
+register_query_commands(app)  # query, provenance, runs, datasets
 
 
 def _version(value: bool) -> None:
@@ -322,29 +324,6 @@ def _all_productions(workspace: Workspace) -> tuple[Group, int]:
         )
         tables.append(production_table(name, counts, order, workspace.catalog.waiting_counts(name)))
     return Group(*tables), unfinished
-
-
-@app.command("query")
-@handle_errors
-def query(
-    ctx: typer.Context,
-    expression: Annotated[
-        str, typer.Argument(help="Metadata query, e.g. 'data_level = DL1 and run_id in (1807, 1808)'")
-    ],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="JSON lines: lfn, size, checksum, metadata, replicas")
-    ] = False,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many files")] = None,  # noqa: UP045
-    count: Annotated[bool, typer.Option("--count", help="Only the number of matching files")] = False,
-) -> None:
-    """Files whose metadata match a query."""
-    from osa_grid.cli.files_view import print_files
-
-    with open_workspace(settings_of(ctx)) as workspace:
-        if count:
-            console.print(workspace.catalog.count(expression))
-            return
-        print_files(workspace.catalog.query(expression, limit=limit), as_json)
 
 
 @files_app.command("register")

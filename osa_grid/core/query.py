@@ -1,16 +1,22 @@
-"""Metadata query language v1: parse, print, evaluate (pure, no I/O).
+"""Metadata query language: parse, print, check against a catalog's keys, evaluate (pure, no I/O).
 
-Grammar (keywords ``and or not in`` are case-insensitive; precedence ``not`` > ``and`` > ``or``)::
+Grammar (EBNF; keywords ``and or not in`` are case-insensitive; precedence ``not`` > ``and`` > ``or``;
+``docs/query.md`` is the reference with examples)::
 
-    query     := or_expr
-    or_expr   := and_expr ("or" and_expr)*
-    and_expr  := not_expr ("and" not_expr)*
-    not_expr  := "not" not_expr | "(" or_expr ")" | condition
-    condition := KEY OP value | KEY ["not"] "in" "(" value ("," value)* ")"
-    OP        := "=" | "!=" | "<" | "<=" | ">" | ">=" | "~"
+    query      = or_expr ;
+    or_expr    = and_expr , { "or" , and_expr } ;
+    and_expr   = not_expr , { "and" , not_expr } ;
+    not_expr   = "not" , not_expr | "(" , or_expr , ")" | condition ;
+    condition  = KEY , OP , value
+               | KEY , [ "not" ] , "in" , "(" , value , { "," , value } , ")"
+               | KEY , [ "not" ] , "in" , value , ".." , value
+               | "exists" , KEY
+               | "in" , "dataset" , NAME ;
+    OP         = "=" | "!=" | "<" | "<=" | ">" | ">=" | "~" ;
 
-Values are quoted strings (always strings) or bare words, typed like ``metadata.parse_literal``:
-int, float, date, datetime, else string (``DL1``, ``0.12.3``, ``dl1_*.h5``).
+``exists`` and ``dataset`` are keywords only where the grammar expects them, so they remain usable as
+metadata keys (``exists = 1``). Values are quoted strings (always strings) or bare words, typed like
+``metadata.parse_literal``: int, float, date, datetime, else string (``DL1``, ``0.12.3``, ``dl1_*.h5``).
 
 Semantics (``osa_grid.catalog.querysql`` compiles the same rules to SQL):
 
@@ -23,18 +29,27 @@ Semantics (``osa_grid.catalog.querysql`` compiles the same rules to SQL):
 - ``~`` is a case-sensitive glob on text: ``*`` any run of characters, ``?`` one character.
 - ``in`` is true if any equality is; ``not in`` is true if the stored value is of the kind of at
   least one listed value and equal to none (so ``k not in (v)`` is ``k != v``).
+- ``k in a..b`` is ``k >= a and k <= b`` (both ends included, both bounds of one kind, ``a <= b``);
+  ``k not in a..b`` is true if the stored value is of the bounds' kind and outside the range.
+- ``exists k`` is true if the file has the key ``k``, whatever its value.
+- ``in dataset NAME`` is true for the files of the dataset (a catalog concept: ``evaluate`` refuses it,
+  the catalog resolves it).
 - ``not`` is plain negation: ``not run_id = 5`` matches files without ``run_id``.
+
+``check_against_catalog`` refuses, with the position of the offending key or value, a key no file has
+and a literal that can never compare with what the key holds (``run_id = DL1`` when run_id is an int).
 """
 
 from __future__ import annotations
 
+import difflib
 import enum
 import math
 import operator
 import re
 import string
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any, Literal, cast
@@ -47,8 +62,27 @@ OPERATORS: tuple[Op, ...] = ("=", "!=", "<", "<=", ">", ">=", "~")
 KEYWORDS = frozenset({"and", "or", "not", "in"})
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_DEPTH = 100
+DATASET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
+RANGE_MARK = ".."
+Kind = Literal["number", "text"]
+
+
+class QueryMismatch(QuerySyntaxError):
+    """A well-formed query that does not fit the catalog: an unknown key, a value of the wrong type."""
+
 
 # ---------------------------------------------------------------------------------------- AST
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a condition was written (offsets in the query text), for carets under errors.
+
+    Not part of a node's equality or hash: the same condition written elsewhere is the same condition.
+    """
+
+    key: int
+    values: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +90,7 @@ class Comparison:
     key: str
     op: Op
     value: MetaValue
+    span: Span | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_query_key(self.key)
@@ -71,6 +106,7 @@ class InList:
     key: str
     values: tuple[MetaValue, ...]
     negated: bool = False
+    span: Span | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_query_key(self.key)
@@ -79,6 +115,53 @@ class InList:
             raise BadInput(f"'{self.key} in (...)' needs at least one value")
         for value in self.values:
             check_query_value(value)
+
+
+@dataclass(frozen=True)
+class Range:
+    """``key in low..high``: both ends included."""
+
+    key: str
+    low: MetaValue
+    high: MetaValue
+    negated: bool = False
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_query_key(self.key)
+        check_query_value(self.low)
+        check_query_value(self.high)
+        if value_kind(self.low) != value_kind(self.high):
+            raise BadInput(
+                f"range bounds must both be numbers or both be text: {literal_text(self.low)} is "
+                f"{_kind_text(self.low)}, {literal_text(self.high)} is {_kind_text(self.high)}"
+            )
+        low, high = cast(tuple[Any, Any], _comparable(self.low, self.high))
+        if low > high:
+            raise BadInput(
+                f"empty range: {literal_text(self.low)} comes after {literal_text(self.high)} "
+                "(write the lower bound first)"
+            )
+
+
+@dataclass(frozen=True)
+class Exists:
+    key: str
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_query_key(self.key)
+
+
+@dataclass(frozen=True)
+class InDataset:
+    """The files of a named dataset (its frozen file list, or its query)."""
+
+    name: str
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_dataset_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -102,7 +185,10 @@ class Not:
     item: Node
 
 
-Node = Comparison | InList | And | Or | Not
+Leaf = Comparison | InList | Range | Exists | InDataset
+KeyedLeaf = Comparison | InList | Range | Exists
+Node = Comparison | InList | Range | Exists | InDataset | And | Or | Not
+LEAF_TYPES = (Comparison, InList, Range, Exists, InDataset)
 
 
 def _check_items(name: str, items: tuple[Node, ...]) -> tuple[Node, ...]:
@@ -124,6 +210,17 @@ def check_query_key(key: str) -> str:
     return key
 
 
+def check_dataset_name(name: str) -> str:
+    """A dataset name: a letter, then letters, digits, '_', '-' or '.'; not a keyword."""
+    if not isinstance(name, str) or not DATASET_NAME.match(name):
+        raise BadInput(
+            f"{name!r} is not a valid dataset name: a letter, then up to 127 letters, digits, '_', '-' or '.'"
+        )
+    if name.lower() in KEYWORDS:
+        raise BadInput(f"{name!r} is a keyword of the query language and cannot name a dataset")
+    return name
+
+
 def check_query_value(value: object, written: str | None = None) -> MetaValue:
     """A literal usable in a query: a metadata value that every catalog database can bind."""
     value_type(value)  # refuses bools and foreign types
@@ -140,6 +237,19 @@ def check_query_value(value: object, written: str | None = None) -> MetaValue:
         except UnicodeEncodeError as exc:
             raise BadInput(f"query string {shown} is not valid text: {exc.reason}") from exc
     return cast(MetaValue, value)
+
+
+def value_kind(value: MetaValue) -> Kind:
+    """Numbers compare with numbers, text (strings, dates, datetimes) with text."""
+    return "number" if isinstance(value, int | float) else "text"
+
+
+def type_kind(vtype: str) -> Kind:
+    return "number" if vtype in ("int", "float") else "text"
+
+
+def _kind_text(value: MetaValue) -> str:
+    return "a number" if value_kind(value) == "number" else "text"
 
 
 # ------------------------------------------------------------------------------------ tokenizer
@@ -237,20 +347,39 @@ def parse(text: str) -> Node:
     return _Parser(text).query()
 
 
+def _split_range(token: _Token) -> tuple[_Token, _Token] | None:
+    """A word holding ``..`` as the text before and after it (either may be empty)."""
+    if token.kind != "word" or RANGE_MARK not in token.text:
+        return None
+    at = token.text.index(RANGE_MARK)
+    after = at + len(RANGE_MARK)
+    return (
+        _Token("word", token.text[:at], token.pos),
+        _Token("word", token.text[after:], token.pos + after),
+    )
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.tokens = _tokenize(text)
         self.current = next(self.tokens)
+        self.following: _Token | None = None  # one more token of look-ahead, read on demand
         self.depth = 0
 
     def peek(self) -> _Token:
         return self.current
 
+    def peek_second(self) -> _Token:
+        if self.following is None:
+            self.following = self.current if self.current.kind == "end" else next(self.tokens)
+        return self.following
+
     def advance(self) -> _Token:
         token = self.current
         if token.kind != "end":
-            self.current = next(self.tokens)
+            self.current = self.following if self.following is not None else next(self.tokens)
+            self.following = None
         return token
 
     def error(self, message: str, token: _Token) -> QuerySyntaxError:
@@ -304,21 +433,33 @@ class _Parser:
         raise self.error(f"expected 'and', 'or' or ')', found {token.describe()}", token)
 
     def condition(self) -> Node:
-        key = self.key(self.advance())
+        token = self.peek()
+        if token.is_keyword("in"):
+            return self.dataset(self.advance())
+        if token.is_keyword("exists") and self._is_key_word(self.peek_second()):
+            self.advance()
+            key_token = self.advance()
+            return Exists(self.key(key_token), span=Span(key_token.pos))
+        key_token = self.advance()
+        key = self.key(key_token)
         token = self.advance()
         if token.kind == "op":
-            return self.comparison(key, token)
+            return self.comparison(key, key_token, token)
         if token.is_keyword("in"):
-            return InList(key, self.value_list(), negated=False)
+            return self.membership(key, key_token, token, negated=False)
         if token.is_keyword("not"):
-            token = self.advance()
-            if token.is_keyword("in"):
-                return InList(key, self.value_list(), negated=True)
-            raise self.error(f"expected 'in' after 'not', found {token.describe()}", token)
+            in_token = self.advance()
+            if in_token.is_keyword("in"):
+                return self.membership(key, key_token, in_token, negated=True)
+            raise self.error(f"expected 'in' after 'not', found {in_token.describe()}", in_token)
         raise self.error(
             f"expected an operator (= != < <= > >= ~ in, not in) after {key!r}, found {token.describe()}",
             token,
         )
+
+    @staticmethod
+    def _is_key_word(token: _Token) -> bool:
+        return token.kind == "word" and token.text.lower() not in KEYWORDS
 
     def key(self, token: _Token) -> str:
         if token.kind != "word":
@@ -329,7 +470,23 @@ class _Parser:
         except BadInput as exc:
             raise self.error(str(exc), token) from exc
 
-    def comparison(self, key: str, op_token: _Token) -> Comparison:
+    def dataset(self, in_token: _Token) -> InDataset:
+        word = self.advance()
+        if not word.is_keyword("dataset"):
+            raise self.error(
+                "expected 'dataset' after 'in' (a condition that starts with 'in' is 'in dataset NAME'), "
+                f"found {word.describe()}",
+                word,
+            )
+        name = self.advance()
+        if name.kind not in ("word", "string"):
+            raise self.error(f"expected a dataset name after 'in dataset', found {name.describe()}", name)
+        try:
+            return InDataset(check_dataset_name(name.text), span=Span(name.pos))
+        except BadInput as exc:
+            raise self.error(str(exc), name) from exc
+
+    def comparison(self, key: str, key_token: _Token, op_token: _Token) -> Comparison:
         value_token = self.advance()
         value = self.value(value_token, op_token)
         if op_token.text == "~" and not isinstance(value, str):
@@ -338,20 +495,52 @@ class _Parser:
                 "quote it to match text",
                 value_token,
             )
-        return Comparison(key, cast(Op, op_token.text), value)
+        span = Span(key_token.pos, (value_token.pos,))
+        return Comparison(key, cast(Op, op_token.text), value, span=span)
 
-    def value_list(self) -> tuple[MetaValue, ...]:
+    def membership(self, key: str, key_token: _Token, in_token: _Token, negated: bool) -> InList | Range:
+        if self.peek().kind == "(":
+            values, positions = self.value_list()
+            return InList(key, values, negated=negated, span=Span(key_token.pos, positions))
+        return self.range_rest(key, key_token, in_token, negated)
+
+    def value_list(self) -> tuple[tuple[MetaValue, ...], tuple[int, ...]]:
         opening = self.advance()
-        if opening.kind != "(":
-            raise self.error(f"expected '(' after 'in', found {opening.describe()}", opening)
-        values = [self.value(self.advance(), opening)]
+        first = self.advance()
+        values, positions = [self.value(first, opening)], [first.pos]
         while (token := self.advance()).kind == ",":
-            values.append(self.value(self.advance(), token))
+            item = self.advance()
+            values.append(self.value(item, token))
+            positions.append(item.pos)
         if token.kind == "end":
             raise self.error("unbalanced parentheses: '(' is never closed", opening)
         if token.kind != ")":
             raise self.error(f"expected ',' or ')' in the list, found {token.describe()}", token)
-        return tuple(values)
+        return tuple(values), tuple(positions)
+
+    def range_rest(self, key: str, key_token: _Token, in_token: _Token, negated: bool) -> Range:
+        """``low..high``: the tokenizer reads ``2024-01-01..2024-03-31`` as one word, split here."""
+        first = self.advance()
+        split = _split_range(first)
+        if split is not None:
+            low_token, after = split
+            if not low_token.text:
+                raise self.error(f"missing the lower bound before {RANGE_MARK!r}", first)
+        else:
+            low_token, marker = first, self.peek()
+            if first.kind not in ("word", "string") or not marker.text.startswith(RANGE_MARK):
+                raise self.error(
+                    f"expected '(' or a range low..high after 'in', found {first.describe()}", first
+                )
+            after = cast(tuple[_Token, _Token], _split_range(self.advance()))[1]
+        dots = _Token("word", RANGE_MARK, after.pos - len(RANGE_MARK))
+        high_token = after if after.text else self.advance()
+        low = self.value(low_token, in_token)
+        high = self.value(high_token, dots)
+        try:
+            return Range(key, low, high, negated, span=Span(key_token.pos, (low_token.pos, high_token.pos)))
+        except BadInput as exc:
+            raise self.error(str(exc), low_token) from exc
 
     def value(self, token: _Token, after: _Token) -> MetaValue:
         if token.kind == "string":
@@ -372,12 +561,21 @@ def to_text(node: Node) -> str:
     if isinstance(node, Comparison):
         return f"{node.key} {node.op} {literal_text(node.value)}"
     if isinstance(node, InList):
-        keyword = "not in" if node.negated else "in"
-        return f"{node.key} {keyword} ({', '.join(literal_text(v) for v in node.values)})"
+        return f"{node.key} {_in(node.negated)} ({', '.join(literal_text(v) for v in node.values)})"
+    if isinstance(node, Range):
+        return f"{node.key} {_in(node.negated)} {_bound_text(node.low)}{RANGE_MARK}{_bound_text(node.high)}"
+    if isinstance(node, Exists):
+        return f"exists {node.key}"
+    if isinstance(node, InDataset):
+        return f"in dataset {node.name}"
     if isinstance(node, Not):
         return f"not {_operand_text(node.item, parent=node)}"
     joiner = " and " if isinstance(node, And) else " or "
     return joiner.join(_operand_text(item, parent=node) for item in node.items)
+
+
+def _in(negated: bool) -> str:
+    return "not in" if negated else "in"
 
 
 def _operand_text(child: Node, parent: Node) -> str:
@@ -401,16 +599,129 @@ def literal_text(value: MetaValue) -> str:
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, str) and not _is_bare_string(value):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _quoted(value)
     return str(value)
 
 
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _bound_text(value: MetaValue) -> str:
+    # 'a.' then '..' would read as 'a' and '.b': a bare bound never starts or ends with a dot.
+    text = literal_text(value)
+    if isinstance(value, str) and not text.startswith('"') and (text[0] == "." or text[-1] == "."):
+        return _quoted(value)
+    return text
+
+
 def _is_bare_string(text: str) -> bool:
-    if not text or text.lower() in KEYWORDS or not set(text) <= WORD_CHARS:
+    if not text or text.lower() in KEYWORDS or not set(text) <= WORD_CHARS or RANGE_MARK in text:
         return False
     try:
         return parse_literal(text) == text
     except BadInput:  # looks like a date but is not one: must be quoted
+        return False
+
+
+# ------------------------------------------------------------------- checks against a catalog
+
+
+def check_against_catalog(node: Node, key_types: Mapping[str, Collection[str]], text: str = "") -> None:
+    """Refuse keys no file has and literals that can never compare with what their key holds.
+
+    ``key_types`` maps each key the catalog knows to the stored types of its values (``int``,
+    ``float``, ``str``, ``date``, ``datetime``). Errors point at the key or value in ``text`` (the
+    query as written; its canonical text if not given).
+    """
+    shown = text or to_text(node)
+    for leaf in leaves(node):
+        if isinstance(leaf, InDataset):
+            continue
+        span = leaf.span or Span(0)
+        types = key_types.get(leaf.key)
+        if not types:
+            raise QueryMismatch(_unknown_key(leaf.key, key_types), shown, span.key)
+        for index, value in enumerate(_literals(leaf)):
+            problem = _type_problem(leaf, value, set(types))
+            if problem:
+                at = span.values[index] if index < len(span.values) else span.key
+                raise QueryMismatch(problem, shown, at)
+
+
+def _unknown_key(key: str, key_types: Mapping[str, Collection[str]]) -> str:
+    message = f"unknown key {key!r}: no file in the catalog has it"
+    if not key_types:
+        return message + " (the catalog holds no metadata yet)"
+    close = difflib.get_close_matches(key, list(key_types), n=1, cutoff=0.6)
+    lowered = [k for k in key_types if k.lower() == key.lower()]
+    suggestions = lowered or close
+    return message + (f" (did you mean {suggestions[0]!r}?)" if suggestions else "")
+
+
+def _literals(leaf: KeyedLeaf) -> tuple[MetaValue, ...]:
+    if isinstance(leaf, Comparison):
+        return (leaf.value,)
+    if isinstance(leaf, InList):
+        return leaf.values
+    if isinstance(leaf, Range):
+        return (leaf.low, leaf.high)
+    return ()
+
+
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a float",
+    "str": "a string",
+    "date": "a date",
+    "datetime": "a datetime",
+}
+
+
+def _type_problem(leaf: KeyedLeaf, value: MetaValue, types: set[str]) -> str | None:
+    held = " and ".join(sorted(types))
+    kinds = {type_kind(t) for t in types}
+    if isinstance(leaf, Comparison) and leaf.op == "~" and "text" not in kinds:
+        return f"type mismatch: {leaf.key} holds {held} values and a glob '~' matches text only"
+    if value_kind(value) not in kinds:
+        shown = literal_text(value)
+        return (
+            f"type mismatch: {leaf.key} holds {held} values, {shown} is {_TYPE_NAMES[value_type(value)]}"
+            + (_hint(value))
+        )
+    return _never_equal(leaf, value, types)
+
+
+def _hint(value: MetaValue) -> str:
+    if _is_number_text(value):
+        return " (write it without quotes to compare numbers)"
+    if value_kind(value) == "number":
+        return " (quote it to compare text)"
+    return ""
+
+
+def _never_equal(leaf: KeyedLeaf, value: MetaValue, types: set[str]) -> str | None:
+    """Dates and datetimes are text that sorts in time, but a date never equals a datetime."""
+    equality = isinstance(leaf, InList) or (isinstance(leaf, Comparison) and leaf.op in ("=", "!="))
+    vtype = value_type(value)
+    if not equality or vtype not in ("date", "datetime"):
+        return None
+    other = "datetime" if vtype == "date" else "date"
+    if types != {other}:
+        return None
+    message = f"type mismatch: {leaf.key} holds {other} values, never equal to {_TYPE_NAMES[vtype]}"
+    if isinstance(value, datetime) or not isinstance(value, date):
+        return message
+    next_day = date.fromordinal(value.toordinal() + 1) if value < date.max else value
+    return f"{message} (a range selects the day: {leaf.key} in {value}..{next_day})"
+
+
+def _is_number_text(value: MetaValue) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return isinstance(parse_literal(value), int | float)
+    except BadInput:
         return False
 
 
@@ -435,56 +746,83 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def evaluate(node: Node, metadata: Mapping[str, MetaValue]) -> bool:
-    """Whether a file with this metadata matches the query."""
-    return _evaluate3(node, lambda key: metadata.get(key, _Absent.MISSING)) is True
+    """Whether a file with this metadata matches the query (``in dataset`` needs the catalog: refused)."""
+    return _evaluate3(node, lambda key: metadata.get(key, _Absent.MISSING), strict=True) is True
 
 
 def satisfiable(node: Node, known: Mapping[str, MetaValue], open_keys: bool) -> bool:
     """False only if the query is definitely false for every file with these ``known`` values.
 
     Keys outside ``known`` are unknown when ``open_keys`` (inherited metadata we cannot see), else
-    missing. Kleene three-valued logic: sound (never False for a satisfiable query) but not
-    complete (``k = 1 and k = 2`` with ``k`` unknown is reported satisfiable).
+    missing; dataset membership is always unknown. Kleene three-valued logic: sound (never False for
+    a satisfiable query) but not complete (``k = 1 and k = 2`` with ``k`` unknown is reported satisfiable).
     """
     absent = _Absent.UNKNOWN if open_keys else _Absent.MISSING
-    return _evaluate3(node, lambda key: known.get(key, absent)) is not False
+    return _evaluate3(node, lambda key: known.get(key, absent), strict=False) is not False
 
 
 def keys(node: Node) -> set[str]:
     """Every metadata key the query uses."""
-    return {leaf.key for leaf in _leaves(node)}
+    return {leaf.key for leaf in leaves(node) if not isinstance(leaf, InDataset)}
 
 
-def _leaves(node: Node) -> Iterator[Comparison | InList]:
-    if isinstance(node, Comparison | InList):
+def datasets(node: Node) -> set[str]:
+    """Every dataset the query names."""
+    return {leaf.name for leaf in leaves(node) if isinstance(leaf, InDataset)}
+
+
+def leaves(node: Node) -> Iterator[Leaf]:
+    """The conditions of a query, left to right."""
+    if isinstance(node, LEAF_TYPES):
         yield node
     elif isinstance(node, Not):
-        yield from _leaves(node.item)
+        yield from leaves(node.item)
     else:
         for item in node.items:
-            yield from _leaves(item)
+            yield from leaves(item)
 
 
-def _evaluate3(node: Node, lookup: _Lookup) -> bool | None:
+def replace_datasets(node: Node, replace: Callable[[InDataset], Node]) -> Node:
+    """The query with each ``in dataset`` condition replaced (the catalog inlines dataset queries)."""
+    if isinstance(node, InDataset):
+        return replace(node)
+    if isinstance(node, Not):
+        return Not(replace_datasets(node.item, replace))
+    if isinstance(node, And | Or):
+        return type(node)(tuple(replace_datasets(item, replace) for item in node.items))
+    return node
+
+
+def _evaluate3(node: Node, lookup: _Lookup, strict: bool) -> bool | None:
     """Kleene evaluation: True, False or None (unknown)."""
-    if isinstance(node, Comparison | InList):
+    if isinstance(node, InDataset):
+        if strict:
+            raise BadInput(f"'in dataset {node.name}' can only be evaluated by the catalog")
+        return None
+    if isinstance(node, LEAF_TYPES):
         stored = lookup(node.key)
         if isinstance(stored, _Absent):
             return None if stored is _Absent.UNKNOWN else False
         return _leaf_matches(node, stored)
     if isinstance(node, Not):
-        inner = _evaluate3(node.item, lookup)
+        inner = _evaluate3(node.item, lookup, strict)
         return None if inner is None else not inner
-    results = [_evaluate3(item, lookup) for item in node.items]
+    results = [_evaluate3(item, lookup, strict) for item in node.items]
     decisive = isinstance(node, Or)  # True decides an Or, False decides an And
     if any(result is decisive for result in results):
         return decisive
     return None if any(result is None for result in results) else not decisive
 
 
-def _leaf_matches(node: Comparison | InList, stored: MetaValue) -> bool:
+def _leaf_matches(node: KeyedLeaf, stored: MetaValue) -> bool:
     if isinstance(node, Comparison):
         return compare(stored, node.op, node.value)
+    if isinstance(node, Exists):
+        value_type(stored)  # refuses bools, as every other condition does
+        return True
+    if isinstance(node, Range):
+        inside = compare(stored, ">=", node.low) and compare(stored, "<=", node.high)
+        return not inside and _comparable(stored, node.low) is not None if node.negated else inside
     if any(compare(stored, "=", value) for value in node.values):
         return not node.negated
     return node.negated and any(_comparable(stored, value) is not None for value in node.values)

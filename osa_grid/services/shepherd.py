@@ -311,8 +311,9 @@ class Shepherd:
             for name, states in counts.items()
         }
         waiting = self.catalog.waiting_counts(self.production.name)
+        newest = self.catalog.max_file_id()  # read first: a file registered meanwhile is seen next pass
         for transformation in self._order:
-            created = self._plan_transformation(transformation, unfinished, waiting)
+            created = self._plan_transformation(transformation, unfinished, waiting, newest)
             unfinished[transformation.name] = unfinished.get(transformation.name, 0) + created
             report.created += created
             if transformation.input.needs:
@@ -368,20 +369,30 @@ class Shepherd:
         return bool(makers) and all(unfinished.get(m, 0) == 0 and waiting.get(m, 0) == 0 for m in makers)
 
     def _plan_transformation(
-        self, transformation: Transformation, unfinished: dict[str, int], waiting: dict[str, int]
+        self,
+        transformation: Transformation,
+        unfinished: dict[str, int],
+        waiting: dict[str, int],
+        newest: int,
     ) -> int:
+        """Plan from the files registered since the transformation's cursor: a pass costs what is new."""
         tid, cursor = self.catalog.transformation_cursor(self.production.name, transformation.name)
-        new = self.catalog.query(input_query(self.production.name, transformation), after_id=cursor)
+        new = []
+        if newest > cursor:
+            query = input_query(self.production.name, transformation)
+            new = self.catalog.query(query, after_id=cursor, up_to_id=newest)
         flush = self.options.flush or (
             self.options.auto_flush
             and transformation.grouping.flush_policy == "when_upstream_done"
             and upstream_drained(self._parents, transformation.name, unfinished, waiting)
         )
         if not new and not (flush and waiting.get(transformation.name)):
+            if newest > cursor:
+                self.catalog.move_cursor(tid, newest)  # nothing new matched: never read those files again
             return 0
         candidates = self.catalog.pending_files(tid) + [f.record() for f in new]
         outcome = plan_groups(self.production.name, transformation, candidates, flush)
-        new_cursor = max([cursor, *(f.id for f in new)])
+        new_cursor = max([cursor, newest, *(f.id for f in new)])
         initial = TaskState.CREATED if transformation.input.needs else TaskState.READY
         created = self.catalog.record_plan(
             self.production.name, tid, outcome.tasks, outcome.pending, new_cursor, initial

@@ -17,16 +17,25 @@ from osa_grid.core.query import (
     WORD_CHARS,
     And,
     Comparison,
+    Exists,
+    InDataset,
     InList,
     Node,
     Not,
     Or,
+    QueryMismatch,
+    Range,
+    Span,
+    check_against_catalog,
+    datasets,
     evaluate,
     keys,
     parse,
+    replace_datasets,
     satisfiable,
     to_text,
 )
+from osa_grid.core.query import _comparable as comparable_pair
 from osa_grid.errors import BadInput, QuerySyntaxError
 
 C = Comparison
@@ -78,6 +87,32 @@ C = Comparison
         ("a NOT IN (1)", InList("a", (1,), negated=True)),
         ("not not a = 1", Not(Not(C("a", "=", 1)))),
         ("  ( ( a = 1 ) )  ", C("a", "=", 1)),
+        ("night in 2024-01-01..2024-03-31", Range("night", date(2024, 1, 1), date(2024, 3, 31))),
+        ("run_id in 1000..2000", Range("run_id", 1000, 2000)),
+        ("run_id in 1000 .. 2000", Range("run_id", 1000, 2000)),
+        ("run_id in 1000.. 2000", Range("run_id", 1000, 2000)),
+        ("run_id in 1000 ..2000", Range("run_id", 1000, 2000)),
+        ("x in -2..-1", Range("x", -2, -1)),
+        ("x in 0.5..1e3", Range("x", 0.5, 1000.0)),
+        ("x in 1..1", Range("x", 1, 1)),
+        ("x NOT IN 1..2", Range("x", 1, 2, negated=True)),
+        ("source in A..M", Range("source", "A", "M")),
+        ("source in 'a b'..\"c d\"", Range("source", "a b", "c d")),
+        ("v in 'a.'..b", Range("v", "a.", "b")),
+        (
+            "start in 2024-01-01T20:00:00Z..2024-01-02",
+            Range("start", datetime(2024, 1, 1, 20, tzinfo=UTC), date(2024, 1, 2)),
+        ),
+        ("v = 0..1", C("v", "=", "0..1")),  # outside 'in', '..' is part of a word as before
+        ("exists run_id", Exists("run_id")),
+        ("EXISTS obs.source", Exists("obs.source")),
+        ("not exists run_id", Not(Exists("run_id"))),
+        ("exists exists", Exists("exists")),
+        ("exists = 1", C("exists", "=", 1)),  # 'exists' is a keyword only before a key
+        ("dataset = x", C("dataset", "=", "x")),
+        ("in dataset crab-2024", InDataset("crab-2024")),
+        ("IN DATASET 'crab.v2'", InDataset("crab.v2")),
+        ("a = 1 and not in dataset bad_runs", And((C("a", "=", 1), Not(InDataset("bad_runs"))))),
     ],
 )
 def test_parse_examples(text: str, expected: Node) -> None:
@@ -140,6 +175,29 @@ def test_precedence_not_and_or() -> None:
         ("a = Crabé", 8, "unexpected character"),
         ("a = 1 and b = 2 and ()", 21, "expected a key"),
         ("not " * 150 + "a = 1", 400, "nested deeper"),
+        ("a in", 4, "expected '(' or a range"),
+        ("a in 1 2", 5, "expected '(' or a range"),
+        ("a in ..2", 5, "missing the lower bound"),
+        ("a in 1..", 8, "missing value after '..'"),
+        ("a in 1.. and b = 1", 9, "missing value after '..'"),
+        ("a in 2..1", 5, "empty range"),
+        ("a in b..a", 5, "empty range"),
+        ("a in 1..b", 5, "must both be numbers or both be text"),
+        ("a in 2024-01-01..5", 5, "must both be numbers or both be text"),
+        ("a in 1..2..3", 5, "must both be numbers or both be text"),
+        ("a in (1)..2", 8, "trailing input"),
+        ("a in ~..2", 5, "expected '(' or a range"),
+        ("exists", 6, "expected an operator"),
+        ("exists 1a", 7, "not a valid key"),
+        ("exists and", 7, "expected an operator"),
+        ("exists a = 1", 9, "trailing input"),
+        ("in", 2, "expected 'dataset'"),
+        ("in data x", 3, "expected 'dataset'"),
+        ("in dataset", 10, "expected a dataset name"),
+        ("in dataset (x)", 11, "expected a dataset name"),
+        ("in dataset 1x", 11, "not a valid dataset name"),
+        ("in dataset and", 11, "keyword"),
+        ("in dataset x = 1", 13, "trailing input"),
     ],
 )
 def test_syntax_errors(text: str, position: int, fragment: str) -> None:
@@ -186,6 +244,14 @@ def test_int64_bounds_are_accepted() -> None:
         lambda: InList("a", ()),
         lambda: And((C("a", "=", 1),)),
         lambda: Or(()),
+        lambda: Range("a", 2, 1),
+        lambda: Range("a", 1, "b"),
+        lambda: Range("a", "b", "a"),
+        lambda: Range("a", 1, float("inf")),
+        lambda: Exists("in"),
+        lambda: InDataset("1x"),
+        lambda: InDataset("or"),
+        lambda: InDataset("a b"),
     ],
 )
 def test_invalid_nodes_are_refused(build: object) -> None:
@@ -222,6 +288,15 @@ def test_nodes_take_lists_and_stay_hashable() -> None:
         ("(a = 1 or b = 2) or c = 3", "(a = 1 or b = 2) or c = 3"),
         ("a = 1 and (b = 2 and c = 3)", "a = 1 and (b = 2 and c = 3)"),
         ("((a = 1))", "a = 1"),
+        ("night IN 2024-01-01 .. 2024-03-31", "night in 2024-01-01..2024-03-31"),
+        ("x not in 1 .. 2.5", "x not in 1..2.5"),
+        ("x in 'a.' .. 'b.'", 'x in "a.".."b."'),
+        ("x in '.a' .. b", 'x in ".a"..b'),
+        ("x in 'a..b'..c", 'x in "a..b"..c'),
+        ("x = 'a..b'", 'x = "a..b"'),
+        ("EXISTS k", "exists k"),
+        ("In Dataset 'crab'", "in dataset crab"),
+        ("not in dataset a or exists b", "not in dataset a or exists b"),
     ],
 )
 def test_canonical_text(text: str, canonical: str) -> None:
@@ -258,8 +333,30 @@ def comparisons(draw: st.DrawFn) -> Comparison:
     return Comparison(draw(KEY), op, value)
 
 
-LEAF = comparisons() | st.builds(
-    InList, KEY, st.lists(LITERAL, min_size=1, max_size=4).map(tuple), st.booleans()
+NUMBER = st.integers(INT64_MIN, INT64_MAX) | st.floats(allow_nan=False, allow_infinity=False)
+TEXTUAL = TEXT | WORDISH | st.sampled_from(["a.", ".b", "a..b", "..", "2024-01-01"]) | st.dates() | DATETIME
+
+
+@st.composite
+def ranges(draw: st.DrawFn) -> Range:
+    """Bounds of one kind, in order (equal bounds too): the ranges the AST accepts."""
+    kind = draw(st.sampled_from([NUMBER, TEXTUAL]))
+    low, high = draw(kind), draw(kind)
+    pair = comparable_pair(low, high)
+    assert pair is not None
+    if pair[0] > pair[1]:
+        low, high = high, low
+    return Range(draw(KEY), low, high, draw(st.booleans()))
+
+
+DATASET = st.from_regex(r"[A-Za-z][A-Za-z0-9_.\-]{0,10}", fullmatch=True).filter(
+    lambda name: name.lower() not in KEYWORDS
+)
+LEAF = (
+    comparisons()
+    | st.builds(InList, KEY, st.lists(LITERAL, min_size=1, max_size=4).map(tuple), st.booleans())
+    | ranges()
+    | st.builds(Exists, KEY)
 )
 
 
@@ -269,6 +366,10 @@ def _extend(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
 
 
 NODES: st.SearchStrategy[Node] = st.recursive(LEAF, _extend, max_leaves=12)
+# Datasets only for syntax: Python cannot evaluate them (the catalog does).
+ANY_NODES: st.SearchStrategy[Node] = st.recursive(
+    LEAF | st.builds(InDataset, DATASET), _extend, max_leaves=12
+)
 
 
 def typed(value: MetaValue) -> tuple[str, MetaValue, bool]:
@@ -282,13 +383,19 @@ def shape(node: Node) -> object:
         return ("cmp", node.key, node.op, typed(node.value))
     if isinstance(node, InList):
         return ("in", node.key, node.negated, tuple(typed(v) for v in node.values))
+    if isinstance(node, Range):
+        return ("range", node.key, node.negated, typed(node.low), typed(node.high))
+    if isinstance(node, Exists):
+        return ("exists", node.key)
+    if isinstance(node, InDataset):
+        return ("dataset", node.name)
     if isinstance(node, Not):
         return ("not", shape(node.item))
     return (type(node).__name__, tuple(shape(item) for item in node.items))
 
 
-@settings(max_examples=300)
-@given(NODES)
+@settings(max_examples=500)
+@given(ANY_NODES)
 def test_round_trip(node: Node) -> None:
     text = to_text(node)
     parsed = parse(text)
@@ -300,6 +407,48 @@ def test_round_trip(node: Node) -> None:
 @settings(max_examples=300)
 @given(st.text(st.sampled_from(list(" ()=!<>~,\"'\\aAnNdDoOrRtTiI01-.:*?_xé")), max_size=30))
 def test_parse_raises_only_syntax_errors(text: str) -> None:
+    try:
+        node = parse(text)
+    except QuerySyntaxError as exc:
+        assert 0 <= exc.position <= len(text)
+    else:
+        assert parse(to_text(node)) == node
+
+
+RANGE_TOKENS = [
+    "in",
+    "not",
+    "exists",
+    "dataset",
+    "..",
+    "...",
+    "1",
+    "2",
+    "-1",
+    "0.5",
+    "a",
+    "b",
+    "k",
+    "'x'",
+    '"a."',
+    "(",
+    ")",
+    ",",
+    "=",
+    "and",
+    "or",
+    "2024-01-01",
+    "2024-01-01T20:00:00Z",
+    "a..b",
+    "1..2",
+]
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(RANGE_TOKENS), max_size=10), st.lists(st.booleans(), max_size=10))
+def test_parse_of_new_constructs_raises_only_syntax_errors(tokens: list[str], glue: list[bool]) -> None:
+    # Tokens glued together or apart: '1..2', '1 ..2', 'in..', 'exists(' ... never crash the parser.
+    text = "".join(tok + (" " if i >= len(glue) or glue[i] else "") for i, tok in enumerate(tokens))
     try:
         node = parse(text)
     except QuerySyntaxError as exc:
@@ -374,6 +523,27 @@ MD: dict[str, MetaValue] = {
         ("big = 9007199254740993", True),  # int vs int is exact beyond 2**53
         ("big = 9007199254740992", False),
         ("big = 9007199254740992.0", True),  # int vs float compares as doubles
+        ("run_id in 1800..1807", True),  # both ends included
+        ("run_id in 1807..1900", True),
+        ("run_id in 1807.0..1807.0", True),
+        ("run_id in 1808..1900", False),
+        ("run_id not in 1808..1900", True),
+        ("run_id not in 1800..1807", False),
+        ("run_id in a..z", False),  # text bounds, number value: false, as '=' would be
+        ("run_id not in a..z", False),  # ... and not its complement either
+        ("missing not in 1..2", False),
+        ("night in 2024-01-01..2024-01-31", True),
+        ("night in 2023-12-01..2023-12-31", False),
+        ("night in '2024-01-01'..'2024-01-01'", True),
+        ("start in 2024-01-01..2024-01-02", True),  # datetimes sort between their dates
+        ("start in 2024-01-01T20:00:00Z..2024-01-01T20:00:00Z", True),
+        ("data_level in DL0..DL2", True),
+        ("data_level in DL2..DL3", False),
+        ("big in 9007199254740993..9007199254740993", True),
+        ("big in 9007199254740992..9007199254740992", False),
+        ("exists run_id", True),
+        ("exists missing", False),
+        ("not exists missing", True),
     ],
 )
 def test_evaluate(text: str, expected: bool) -> None:
@@ -419,3 +589,110 @@ def test_satisfiable_agrees_with_evaluate_when_everything_is_known(node: Node, d
 def test_keys() -> None:
     assert keys(parse("a = 1 and (b.c in (1) or not d ~ x)")) == {"a", "b.c", "d"}
     assert keys(parse("a = 1 or a = 2")) == {"a"}
+
+
+def test_keys_and_datasets_of_new_constructs() -> None:
+    node = parse("a in 1..2 and exists b and not in dataset d1 or in dataset d2")
+    assert keys(node) == {"a", "b"}
+    assert datasets(node) == {"d1", "d2"}
+
+
+def test_in_dataset_cannot_be_evaluated_but_may_be_satisfied() -> None:
+    node = parse("in dataset crab and data_level = DL1")
+    with pytest.raises(BadInput, match="catalog"):
+        evaluate(node, {"data_level": "DL1"})
+    assert satisfiable(node, {"data_level": "DL1"}, open_keys=False)
+    assert not satisfiable(node, {"data_level": "DL2"}, open_keys=False)
+
+
+def test_replace_datasets_inlines_queries() -> None:
+    node = parse("a = 1 and (in dataset x or not in dataset y)")
+    inlined = replace_datasets(node, lambda leaf: parse(f"name = {leaf.name}"))
+    assert inlined == parse("a = 1 and (name = x or not name = y)")
+
+
+def test_spans_point_at_keys_and_values() -> None:
+    text = "run_id in (1, 22) and night in 2024-01-01..2024-02-01 and exists k and in dataset d"
+    leaves = parse(text).items  # type: ignore[union-attr]
+    assert leaves[0].span == Span(0, (11, 14))
+    assert leaves[1].span == Span(22, (31, 43))
+    assert leaves[2].span == Span(65)
+    assert leaves[3].span == Span(82)
+    # Spans never change what a node is.
+    assert leaves[0] == InList("run_id", (1, 22)) and hash(leaves[0]) == hash(InList("run_id", (1, 22)))
+
+
+# ------------------------------------------------------------------------ checks against a catalog
+
+KEY_TYPES = {
+    "run_id": {"int"},
+    "zenith": {"float", "int"},
+    "night": {"date"},
+    "start": {"datetime"},
+    "data_level": {"str"},
+    "mixed": {"int", "str"},
+}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "run_id = 1807",
+        "run_id = 1807.0",
+        "zenith > 20 and zenith in 10..30",
+        "night in 2024-01-01..2024-03-31",
+        "night >= '2024-01-01'",
+        "start >= 2024-01-01",  # a date bounds datetimes: fine for order
+        "start in 2024-01-01..2024-01-02",
+        "data_level in (DL1, DL2) and data_level ~ 'DL*'",
+        "mixed = 3 or mixed = x or mixed ~ 'x*'",
+        "exists run_id and not exists zenith",
+        "in dataset anything",  # datasets are the catalog's business
+        "run_id not in (1, 2)",
+    ],
+)
+def test_queries_that_fit_the_catalog(text: str) -> None:
+    check_against_catalog(parse(text), KEY_TYPES, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "fragment"),
+    [
+        ("nigth = 2024-01-01", 0, "unknown key 'nigth'"),
+        ("run_id = 1 and exists nigth", 22, "did you mean 'night'"),
+        ("Run_ID = 1", 0, "did you mean 'run_id'"),
+        ("run_id = DL1", 9, "run_id holds int values, DL1 is a string"),
+        ("run_id = '1807'", 9, "write it without quotes"),
+        ("data_level = 1", 13, "quote it to compare text"),
+        ("run_id in (1, 2, x)", 17, "x is a string"),
+        ("run_id in a..b", 10, "a is a string"),
+        ("night in 1..2", 9, "1 is an integer"),
+        ("run_id ~ '18*'", 9, "a glob '~' matches text only"),
+        (
+            "start = 2024-01-01",
+            8,
+            "never equal to a date (a range selects the day: start in 2024-01-01..2024-01-02)",
+        ),
+        ("start in (2024-01-01)", 10, "never equal"),
+        ("night = 2024-01-01T20:00:00Z", 8, "holds date values, never equal to a datetime"),
+        ("zenith > 1 or (night = 2024-01-01 and run_id = x)", 47, "run_id holds int values"),
+    ],
+)
+def test_queries_that_do_not_fit_the_catalog(text: str, position: int, fragment: str) -> None:
+    with pytest.raises(QueryMismatch) as info:
+        check_against_catalog(parse(text), KEY_TYPES, text)
+    assert fragment in info.value.reason
+    assert info.value.position == position
+    assert str(info.value).splitlines()[-1] == "  " + " " * position + "^"
+    assert isinstance(info.value, BadInput)
+
+
+def test_an_empty_catalog_says_so() -> None:
+    with pytest.raises(QueryMismatch, match="holds no metadata yet"):
+        check_against_catalog(parse("a = 1"), {}, "a = 1")
+
+
+def test_nodes_built_in_code_are_checked_too() -> None:
+    with pytest.raises(QueryMismatch) as info:
+        check_against_catalog(Comparison("run_id", "=", "x"), KEY_TYPES)
+    assert info.value.text == "run_id = x"
