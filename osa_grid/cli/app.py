@@ -46,7 +46,6 @@ app.add_typer(production_app, name="production")
 app.add_typer(files_app, name="files")
 app.add_typer(nightly_app, name="nightly")
 app.add_typer(site_app, name="site")
-register_query_commands(app)  # query, provenance, runs, datasets
 
 
 def _version(value: bool) -> None:
@@ -377,6 +376,9 @@ def _key_value(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise BadInput(f"--meta {item!r}: expected key=value")
     return key.strip(), parse_literal(value.strip())
+
+
+register_query_commands(app)  # query, provenance, runs, datasets
 
 
 def main() -> None:
