@@ -19,7 +19,7 @@ from osa_grid.core.states import TaskState
 from osa_grid.errors import BadInput
 from osa_grid.resources import shipped
 from osa_grid.services.nightly import Night, NightlyOptions, NightlyShepherd, save_night_production, simulate
-from osa_grid.services.nightweb import figure
+from osa_grid.services.nightweb import figure, identity_cells
 from osa_grid.services.notify import notifier_from_url
 from osa_grid.services.productions import load_nightly_workflow
 from osa_grid.services.workspace import Workspace, open_workspace
@@ -190,14 +190,7 @@ def _print_table(tonight: Night, rows: list[SequenceStatus]) -> None:
         table.add_column(label, justify="right")
     for row in rows:
         table.add_row(
-            str(row.seq_id),
-            "" if row.parent is None else str(row.parent),
-            row.kind,
-            f"{row.run_id:05d}",
-            str(row.n_subruns),
-            row.source,
-            str(row.tries),
-            row.job_id,
+            *identity_cells(row),
             f"[{STATE_STYLES.get(row.state, '')}]{row.state}[/]" if row.state in STATE_STYLES else row.state,
             "" if row.exit_code is None else str(row.exit_code),
             *(f"{row.progress[label]:.0f}%" for label in tonight.workflow.columns),

@@ -61,9 +61,9 @@ figure img {{ max-width: 45%; }}
 """
 
 
-def _row(row: SequenceStatus, columns: Sequence[str], quality: Sequence[str]) -> str:
-    colour = STATE_COLOURS.get(row.state, "white")
-    cells = [
+def identity_cells(row: SequenceStatus) -> list[str]:
+    """Seq .. JobID of the operators' table, shared by the terminal table and the page."""
+    return [
         str(row.seq_id),
         "" if row.parent is None else str(row.parent),
         row.kind,
@@ -73,7 +73,11 @@ def _row(row: SequenceStatus, columns: Sequence[str], quality: Sequence[str]) ->
         str(row.tries),
         row.job_id,
     ]
-    tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+
+
+def _row(row: SequenceStatus, columns: Sequence[str], quality: Sequence[str]) -> str:
+    colour = STATE_COLOURS.get(row.state, "white")
+    tds = "".join(f"<td>{html.escape(c)}</td>" for c in identity_cells(row))
     tds += f'<td class="state" style="background:{colour}">{html.escape(row.state)}</td>'
     tds += f"<td>{'' if row.exit_code is None else row.exit_code}</td>"
     tds += "".join(f"<td>{row.progress.get(c, 0.0):.0f}%</td>" for c in columns)
