@@ -89,11 +89,17 @@ class LocalBackend:
         max_cores: int | None = None,
         max_memory_gb: float | None = None,
         kill_grace_seconds: float = 5.0,
+        queue_depth: int | None = None,
     ) -> None:
         self.max_cores = max_cores if max_cores is not None else os.cpu_count() or 1
+        # Jobs accepted beyond the running ones: a core that frees starts the next job at once (in
+        # wait_any or poll) instead of idling until the shepherd's next pass. Default: one pool's worth.
+        self.queue_depth = self.max_cores if queue_depth is None else queue_depth
         self.max_memory_gb = max_memory_gb if max_memory_gb is not None else total_memory_gb()
         if self.max_cores < 1 or self.max_memory_gb <= 0:
             raise BadInput("the local backend needs at least one core and some memory")
+        if self.queue_depth < 0:
+            raise BadInput("the local backend's queue depth cannot be negative")
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.kill_grace_seconds = kill_grace_seconds
@@ -105,6 +111,7 @@ class LocalBackend:
         self._cores_used = 0
         self._memory_used = 0.0
         self._unreported: dict[str, JobStatus] = {}
+        self._reaped_since_poll = False
         self._reported: OrderedDict[str, JobStatus] = OrderedDict()
 
     # -- the Backend protocol -----------------------------------------------------------------
@@ -121,6 +128,7 @@ class LocalBackend:
 
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         self._step()
+        self._reaped_since_poll = False
         return {job_id: self._status(job_id) for job_id in job_ids}
 
     def cancel(self, job_ids: Sequence[str]) -> None:
@@ -140,15 +148,22 @@ class LocalBackend:
         return {}
 
     def free_slots(self) -> int:
-        return max(0, self.max_cores - self._cores_used - len(self._queued))
+        return max(0, self.max_cores + self.queue_depth - self._cores_used - len(self._queued))
 
     def wait_any(self, timeout: float) -> None:
-        """Block until a running job may have finished, a time limit falls due, or ``timeout``."""
+        """Block until a job has finished since the last poll, or ``timeout``.
+
+        A job that exits is reaped here and its core given to the next queued job before returning, so the
+        pool stays busy while the shepherd does its bookkeeping.
+        """
         end = time.monotonic() + max(0.0, timeout)
         while True:
             now = time.monotonic()
             self._enforce_deadlines(now)
-            if not self._running or self._any_exited():
+            if self._running and self._any_exited():
+                self._step()
+            # Not "a status is unreported": a cancelled job's status may never be polled.
+            if self._reaped_since_poll or not self._running:
                 return
             wake = min([end, *(job.next_deadline(self.kill_grace_seconds) for job in self._running.values())])
             if wake <= now:
@@ -266,6 +281,7 @@ class LocalBackend:
                 os.close(job.pidfd)
             self._pid_file(job_id).unlink(missing_ok=True)
             self._finish(job_id, _final_status(job))
+            self._reaped_since_poll = True
         if not self._running:
             self._memory_used = 0.0  # no float residue once the pool is empty
 

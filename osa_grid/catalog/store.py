@@ -6,7 +6,7 @@ so the log and the state never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +26,7 @@ from osa_grid.catalog.values import collect, metadata_row, metadata_rows, row_va
 from osa_grid.core import query as querylang
 from osa_grid.core.metadata import MetaValue
 from osa_grid.core.planner import FileRecord, PlannedTask
-from osa_grid.core.states import ACTIVE, TaskState, check_transition
+from osa_grid.core.states import ACTIVE, UNFINISHED, TaskState, check_transition
 from osa_grid.errors import BadInput, CatalogError, LeaseHeld, UnknownProduction
 from osa_grid.ports import NewFile, Replica
 
@@ -218,7 +218,14 @@ class Catalog:
         with self.transaction() as conn:
             return self._insert_files(conn, new_files, task_id)
 
-    def _insert_files(self, conn: Connection, new_files: Sequence[NewFile], task_id: str | None) -> list[int]:
+    def _insert_files(
+        self,
+        conn: Connection,
+        new_files: Sequence[NewFile],
+        task_id: str | None,
+        owners: Sequence[str | None] | None = None,
+    ) -> list[int]:
+        """Files, metadata and replicas; ``owners`` gives each file its own producing task."""
         if not new_files:
             return []
         lfns = [f.lfn for f in new_files]
@@ -233,10 +240,13 @@ class Catalog:
             raise BadInput(f"{len(existing)} file(s) are already registered: {shown}")
         now = utcnow()
         ids: list[int] = []
-        for chunk in _chunks(new_files):
+        made_by = list(owners) if owners is not None else [task_id] * len(new_files)
+        for start in range(0, len(new_files), _CHUNK):
             rows = [
-                {"lfn": f.lfn, "size": f.size, "checksum": f.checksum, "created_at": now, "task_id": task_id}
-                for f in chunk
+                {"lfn": f.lfn, "size": f.size, "checksum": f.checksum, "created_at": now, "task_id": owner}
+                for f, owner in zip(
+                    new_files[start : start + _CHUNK], made_by[start : start + _CHUNK], strict=True
+                )
             ]
             result = conn.execute(
                 sa.insert(s.files).returning(s.files.c.id, sort_by_parameter_order=True), rows
@@ -832,17 +842,26 @@ class Catalog:
             row = conn.execute(sa.select(s.tasks).where(s.tasks.c.task_id == task_id)).first()
         return None if row is None else _task_row(row)
 
-    def task_counts(self, production: str) -> dict[str, dict[str, int]]:
+    def task_counts(
+        self, production: str, states: Collection[TaskState] | None = None
+    ) -> dict[str, dict[str, int]]:
+        """Tasks per transformation and state (of the given states only, if any)."""
         statement = (
             sa.select(s.tasks.c.transformation, s.tasks.c.state, sa.func.count())
             .where(s.tasks.c.production == production)
             .group_by(s.tasks.c.transformation, s.tasks.c.state)
         )
+        if states is not None:
+            statement = statement.where(s.tasks.c.state.in_(sorted(state.value for state in states)))
         counts: dict[str, dict[str, int]] = {}
         with self.engine.connect() as conn:
             for name, state, n in conn.execute(statement):
                 counts.setdefault(name, {})[state] = int(n)
         return counts
+
+    def unfinished_counts(self, production: str) -> dict[str, dict[str, int]]:
+        """``task_counts`` of the unfinished states only: bounded by what is in flight, not by history."""
+        return self.task_counts(production, UNFINISHED)
 
     def task_inputs(self, task_ids: Sequence[str]) -> dict[str, list[CatalogFile]]:
         """The files each task was planned from, sorted by LFN (side inputs are in ``task_needs``)."""
@@ -961,29 +980,111 @@ class Catalog:
         )
         return current
 
+    @staticmethod
+    def _current_rows(
+        conn: Connection, task_ids: Sequence[str], target: TaskState, expect: Sequence[TaskState] | None
+    ) -> dict[str, Any]:
+        """The rows of many tasks in one SELECT per chunk, each checked against its move to ``target``."""
+        found: dict[str, Any] = {}
+        columns = (
+            s.tasks.c.task_id,
+            s.tasks.c.state,
+            s.tasks.c.attempt,
+            s.tasks.c.failures,
+            s.tasks.c.production,
+        )
+        for chunk in _chunks(list(task_ids)):
+            found.update(
+                {
+                    row.task_id: row
+                    for row in conn.execute(sa.select(*columns).where(s.tasks.c.task_id.in_(chunk)))
+                }
+            )
+        for task_id in task_ids:
+            row = found.get(task_id)
+            if row is None:
+                raise BadInput(f"unknown task {task_id}")
+            current = TaskState(row.state)
+            if expect is not None and current not in expect:
+                raise CatalogError(f"task {task_id} is {current}, expected one of {', '.join(expect)}")
+            check_transition(task_id, current, target)
+        return found
+
+    def _transition_many(
+        self,
+        conn: Connection,
+        task_ids: Sequence[str],
+        target: TaskState,
+        expect: Sequence[TaskState] | None,
+        kind: str,
+        details: Mapping[str, Mapping[str, Any]] | None = None,
+        per_task: Mapping[str, Mapping[str, Any]] | None = None,
+        **values: Any,
+    ) -> dict[str, Any]:
+        """Move many tasks to ``target`` with one event each: a few statements whatever their number.
+
+        ``values`` are set on every task, ``per_task`` on one task each (the same keys for all).
+        Returns the rows as they were before the move.
+        """
+        if not task_ids:
+            return {}
+        before = self._current_rows(conn, task_ids, target, expect)
+        now = utcnow()
+        if per_task:
+            keys = sorted(next(iter(per_task.values())))
+            conn.execute(
+                sa.update(s.tasks)
+                .where(s.tasks.c.task_id == sa.bindparam("b_task_id"))
+                .values(
+                    state=target.value, updated_at=now, **values, **{k: sa.bindparam(f"b_{k}") for k in keys}
+                ),
+                [{"b_task_id": t, **{f"b_{k}": per_task[t][k] for k in keys}} for t in task_ids],
+            )
+        else:
+            for chunk in _chunks(list(task_ids)):
+                conn.execute(
+                    sa.update(s.tasks)
+                    .where(s.tasks.c.task_id.in_(chunk))
+                    .values(state=target.value, updated_at=now, **values)
+                )
+        conn.execute(
+            sa.insert(s.events),
+            [
+                {
+                    "at": now,
+                    "production": before[t].production,
+                    "task_id": t,
+                    "kind": kind,
+                    "from_state": before[t].state,
+                    "to_state": target.value,
+                    "detail": dict(details[t]) if details and details.get(t) else None,
+                }
+                for t in task_ids
+            ],
+        )
+        return before
+
     def reserve_submissions(self, backend: str, workdirs: Mapping[str, str]) -> list[TaskRow]:
         """READY -> SUBMITTED before the backend is called: a crash now leaves a task without job id."""
+        ids = list(workdirs)
         with self.transaction() as conn:
-            for task_id, workdir in workdirs.items():
-                attempt = int(
-                    conn.scalar(sa.select(s.tasks.c.attempt).where(s.tasks.c.task_id == task_id)) or 0
-                )
-                production = conn.scalar(sa.select(s.tasks.c.production).where(s.tasks.c.task_id == task_id))
-                self._transition(
-                    conn,
-                    task_id,
-                    TaskState.SUBMITTED,
-                    expect=[TaskState.READY],
-                    attempt=attempt + 1,
-                    backend=backend,
-                    job_id=None,
-                    workdir=workdir,
-                    exit_code=None,
-                )
-                self._event(
-                    conn, "submitting", production, task_id, "ready", "submitted", attempt=attempt + 1
-                )
-        return self._rows(list(workdirs))
+            attempts = {
+                row.task_id: int(row.attempt or 0) + 1
+                for row in self._current_rows(conn, ids, TaskState.SUBMITTED, [TaskState.READY]).values()
+            }
+            self._transition_many(
+                conn,
+                ids,
+                TaskState.SUBMITTED,
+                [TaskState.READY],
+                "submitting",
+                details={t: {"attempt": attempts[t]} for t in ids},
+                per_task={t: {"attempt": attempts[t], "workdir": workdirs[t]} for t in ids},
+                backend=backend,
+                job_id=None,
+                exit_code=None,
+            )
+        return self._rows(ids)
 
     def _rows(self, task_ids: Sequence[str]) -> list[TaskRow]:
         rows: list[TaskRow] = []
@@ -996,13 +1097,15 @@ class Catalog:
         return sorted(rows, key=lambda r: order[r.task_id])
 
     def record_job_ids(self, job_ids: Mapping[str, str]) -> None:
+        if not job_ids:
+            return
         with self.transaction() as conn:
-            for task_id, job_id in job_ids.items():
-                conn.execute(
-                    sa.update(s.tasks)
-                    .where(s.tasks.c.task_id == task_id)
-                    .values(job_id=job_id, updated_at=utcnow())
-                )
+            conn.execute(
+                sa.update(s.tasks)
+                .where(s.tasks.c.task_id == sa.bindparam("b_task_id"))
+                .values(job_id=sa.bindparam("b_job_id"), updated_at=utcnow()),
+                [{"b_task_id": t, "b_job_id": j} for t, j in job_ids.items()],
+            )
             production_of: dict[str, str] = {}
             for chunk in _chunks(list(job_ids)):
                 statement = sa.select(s.tasks.c.task_id, s.tasks.c.production).where(
@@ -1027,27 +1130,34 @@ class Catalog:
             )
 
     def mark_running(self, task_ids: Sequence[str]) -> None:
+        if not task_ids:
+            return
         with self.transaction() as conn:
-            for task_id in task_ids:
-                self._transition(conn, task_id, TaskState.RUNNING, expect=[TaskState.SUBMITTED])
-                self._event(conn, "running", None, task_id, "submitted", "running")
+            self._transition_many(conn, task_ids, TaskState.RUNNING, [TaskState.SUBMITTED], "running")
 
     def complete(self, completion: Completion) -> None:
         """Register outputs, provenance and DONE in one transaction."""
+        self.complete_many([completion])
+
+    def complete_many(self, completions: Sequence[Completion]) -> None:
+        """Outputs, provenance and DONE of many tasks in one transaction: all of them or none."""
+        if not completions:
+            return
+        ids = [c.task_id for c in completions]
         with self.transaction() as conn:
-            previous = self._transition(
-                conn, completion.task_id, TaskState.DONE, expect=list(ACTIVE), exit_code=0
-            )
-            self._insert_files(conn, completion.outputs, completion.task_id)
-            conn.execute(sa.insert(s.provenance).values(task_id=completion.task_id, **completion.provenance))
-            self._event(
+            self._transition_many(
                 conn,
+                ids,
+                TaskState.DONE,
+                list(ACTIVE),
                 "done",
-                None,
-                completion.task_id,
-                previous.value,
-                "done",
-                outputs=[f.lfn for f in completion.outputs],
+                details={c.task_id: {"outputs": [f.lfn for f in c.outputs]} for c in completions},
+                exit_code=0,
+            )
+            outputs = [(f, c.task_id) for c in completions for f in c.outputs]
+            self._insert_files(conn, [f for f, _ in outputs], None, [t for _, t in outputs])
+            conn.execute(
+                sa.insert(s.provenance), [{"task_id": c.task_id, **c.provenance} for c in completions]
             )
 
     def fail(self, failure: Failure) -> None:
@@ -1084,9 +1194,15 @@ class Catalog:
     def requeue_lost(self, task_ids: Sequence[str], reason: str) -> None:
         """A job the backend no longer knows (the shepherd died): run it again, not counted as a failure."""
         with self.transaction() as conn:
-            for task_id in task_ids:
-                previous = self._transition(conn, task_id, TaskState.READY, expect=list(ACTIVE), job_id=None)
-                self._event(conn, "lost", None, task_id, previous.value, "ready", reason=reason)
+            self._transition_many(
+                conn,
+                task_ids,
+                TaskState.READY,
+                list(ACTIVE),
+                "lost",
+                details={t: {"reason": reason} for t in task_ids},
+                job_id=None,
+            )
 
     def set_states(
         self,

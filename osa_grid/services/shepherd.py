@@ -12,6 +12,7 @@ import json
 import platform
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,7 +100,11 @@ class Shepherd:
         self._order = topological_order(production)
         self._parents = dependencies(production)
         self._software: dict[str, dict[str, str]] = {}
+        self._digests: dict[str, str] = {}
         self._need_makers: dict[tuple[str, str], set[str]] = {}
+        self._lease_renewed_at = -float("inf")
+        # Inputs of the tasks this shepherd submitted, read once at submission and kept until they end.
+        self._inputs: dict[str, list[CatalogFile]] = {}
 
     # ------------------------------------------------------------------ loop
     def run(self) -> PassReport:
@@ -111,6 +116,7 @@ class Shepherd:
             while report.runnable:
                 self.backend.wait_any(self.options.poll_interval)
                 report = self.run_pass()
+            report.counts = self.catalog.task_counts(self.production.name)
             return report
 
     @contextmanager
@@ -129,6 +135,7 @@ class Shepherd:
         while report.active:
             self.backend.wait_any(self.options.poll_interval)
             report = self.run_pass(submit=False)
+        report.counts = self.catalog.task_counts(self.production.name)
         return report
 
     def _take_lease(self) -> None:
@@ -140,15 +147,25 @@ class Shepherd:
 
     def run_pass(self, submit: bool = True) -> PassReport:
         report = PassReport()
-        self.catalog.acquire_lease(self.lease_name, self.identity, self.options.lease_ttl)
+        self._renew_lease()
         self.observe(report)
         self.plan(report)
         if submit:
             self.act(report)
-        report.counts = self.catalog.task_counts(self.production.name)
         if self.on_pass is not None:
+            report.counts = self.catalog.task_counts(self.production.name)
             self.on_pass(report)
+        else:
+            # What the loop needs; counting the finished tasks too would make a pass grow with history.
+            report.counts = self.catalog.unfinished_counts(self.production.name)
         return report
+
+    def _renew_lease(self) -> None:
+        """Renewed once a quarter of its time has gone, not every pass: one write transaction less a pass."""
+        now = time.monotonic()
+        if now - self._lease_renewed_at >= self.options.lease_ttl.total_seconds() / 4:
+            self.catalog.acquire_lease(self.lease_name, self.identity, self.options.lease_ttl)
+            self._lease_renewed_at = now
 
     # ------------------------------------------------------------------ observe
     def observe(self, report: PassReport) -> None:
@@ -161,16 +178,19 @@ class Shepherd:
             return
         statuses = self.backend.poll([t.job_id for t in sent if t.job_id is not None])
         started: list[str] = []
+        succeeded: list[tuple[TaskRow, JobStatus]] = []
         for task in sent:
             status = statuses.get(task.job_id or "", JobStatus(JobState.LOST))
             if status.state == JobState.RUNNING and task.state == TaskState.SUBMITTED:
                 started.append(task.task_id)
             elif status.state == JobState.SUCCEEDED:
-                self._finish(task, status, report)
+                succeeded.append((task, status))
             elif status.state == JobState.FAILED:
                 self._fail(task, status.failure or "failed", status.exit_code, status.message, status, report)
             elif status.state == JobState.LOST:
                 self._lost(task, report)
+        if succeeded:
+            self._finish(succeeded, report)
         if started:
             self.catalog.mark_running(started)
 
@@ -194,32 +214,44 @@ class Shepherd:
         self.catalog.requeue_lost(
             [task.task_id], f"job {task.job_id} unknown to the {self.backend.name} backend"
         )
+        self._inputs.pop(task.task_id, None)
         event(log, "task_lost", task=task.task_id, job=task.job_id)
         report.lost += 1
 
-    def _finish(self, task: TaskRow, status: JobStatus, report: PassReport) -> None:
-        transformation = self.production.transformation(task.transformation)
-        inputs = self.catalog.task_inputs([task.task_id])[task.task_id]
-        try:
-            outputs = render_outputs(
-                self.production.name,
-                transformation,
-                task.task_id,
-                [f.record() for f in inputs],
-                self.production.parameters,
-            )
-            new_files = [self._store_output(task, output) for output in outputs]
-            self.catalog.complete(
-                Completion(task.task_id, new_files, self._provenance(task, transformation, inputs, status, 0))
-            )
-        except (OutputCheckFailed, BadInput) as exc:
-            self._fail(task, "output", 0, str(exc), status, report)
-            return
-        except StorageError as exc:
-            self._fail(task, "storage", 0, str(exc), status, report)
-            return
-        event(log, "task_done", task=task.task_id, transformation=task.transformation, outputs=len(new_files))
-        report.finished += 1
+    def _finish(self, succeeded: Sequence[tuple[TaskRow, JobStatus]], report: PassReport) -> None:
+        """Store the outputs of every task that succeeded, then record them all in one transaction."""
+        inputs = self._inputs_of([task.task_id for task, _ in succeeded])
+        completions: list[Completion] = []
+        for task, status in succeeded:
+            transformation = self.production.transformation(task.transformation)
+            try:
+                outputs = render_outputs(
+                    self.production.name,
+                    transformation,
+                    task.task_id,
+                    [f.record() for f in inputs[task.task_id]],
+                    self.production.parameters,
+                )
+                new_files = [self._store_output(task, output) for output in outputs]
+            except (OutputCheckFailed, BadInput) as exc:
+                self._fail(task, "output", 0, str(exc), status, report)
+                continue
+            except StorageError as exc:
+                self._fail(task, "storage", 0, str(exc), status, report)
+                continue
+            provenance = self._provenance(task, transformation, inputs[task.task_id], status, 0)
+            completions.append(Completion(task.task_id, new_files, provenance))
+        self.catalog.complete_many(completions)
+        for completion in completions:
+            self._inputs.pop(completion.task_id, None)
+            event(log, "task_done", task=completion.task_id, outputs=len(completion.outputs))
+        report.finished += len(completions)
+
+    def _inputs_of(self, task_ids: Sequence[str]) -> dict[str, list[CatalogFile]]:
+        """Inputs of the tasks, from memory for those this shepherd submitted, else from the catalog."""
+        unknown = [task_id for task_id in task_ids if task_id not in self._inputs]
+        found = self.catalog.task_inputs(unknown) if unknown else {}
+        return {task_id: self._inputs.get(task_id) or found[task_id] for task_id in task_ids}
 
     def _store_output(self, task: TaskRow, output: RenderedOutput) -> NewFile:
         produced = Path(task.workdir or "") / output.file_name
@@ -275,7 +307,8 @@ class Shepherd:
         resources = self._resources(task, transformation)
         if decision.action == "retry":
             resources = resources.scaled(decision.scale_memory, decision.scale_walltime)
-        inputs = self.catalog.task_inputs([task.task_id])[task.task_id]
+        inputs = self._inputs_of([task.task_id])[task.task_id]
+        self._inputs.pop(task.task_id, None)
         provenance = self._provenance(task, transformation, inputs, status, exit_code)
         self.catalog.fail(
             Failure(
@@ -305,7 +338,7 @@ class Shepherd:
 
     # ------------------------------------------------------------------ plan
     def plan(self, report: PassReport) -> None:
-        counts = self.catalog.task_counts(self.production.name)
+        counts = self.catalog.unfinished_counts(self.production.name)
         unfinished = {
             name: sum(n for s, n in states.items() if TaskState(s) in UNFINISHED)
             for name, states in counts.items()
@@ -417,6 +450,7 @@ class Shepherd:
         if not ready:
             return
         inputs = self.catalog.task_inputs([t.task_id for t in ready])
+        self._inputs.update(inputs)
         workdirs = {t.task_id: str(self._workdir(t, t.attempt + 1)) for t in ready}
         reserved = self.catalog.reserve_submissions(self.backend.name, workdirs)
         specs: list[JobSpec] = []
@@ -500,7 +534,7 @@ class Shepherd:
             "argv": argv,
             "env": env,
             "software": self._software_versions(transformation),
-            "config_digest": hashlib.sha256(transformation.model_dump_json().encode()).hexdigest(),
+            "config_digest": self._config_digest(transformation),
             "host": socket.gethostname(),
             "backend": self.backend.name,
             "job_id": task.job_id,
@@ -508,6 +542,12 @@ class Shepherd:
             "ended_at": (status.ended_at if status else None) or datetime.now(UTC),
             "exit_code": exit_code,
         }
+
+    def _config_digest(self, transformation: Transformation) -> str:
+        if transformation.name not in self._digests:
+            digest = hashlib.sha256(transformation.model_dump_json().encode()).hexdigest()
+            self._digests[transformation.name] = digest
+        return self._digests[transformation.name]
 
     def _software_versions(self, transformation: Transformation) -> dict[str, str]:
         if transformation.name not in self._software:

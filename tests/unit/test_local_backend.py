@@ -251,12 +251,29 @@ def test_job_bigger_than_the_machine_runs_alone(tmp_path: Path, make_spec: MakeS
         assert max_overlap([big_status, other]) == 1
 
 
-def test_free_slots(backend: LocalBackend, make_spec: MakeSpec) -> None:
-    assert backend.free_slots() == 2
+def test_free_slots_count_the_running_jobs_and_a_queue_as_deep_as_the_pool(
+    backend: LocalBackend, make_spec: MakeSpec
+) -> None:
+    assert backend.free_slots() == 4
     backend.submit([make_spec(["/bin/sleep", "30"])])
-    assert backend.free_slots() == 1
+    assert backend.free_slots() == 3
     backend.submit([make_spec(["/bin/sleep", "30"]) for _ in range(3)])
     assert backend.free_slots() == 0
+
+
+def test_no_queue_depth_admits_only_what_runs_now(tmp_path: Path, make_spec: MakeSpec) -> None:
+    with LocalBackend(tmp_path / "state", max_cores=2, queue_depth=0) as pool:
+        pool.submit([make_spec(["/bin/sleep", "30"])])
+        assert pool.free_slots() == 1
+
+
+def test_a_freed_core_starts_the_next_queued_job_while_waiting(tmp_path: Path, make_spec: MakeSpec) -> None:
+    with LocalBackend(tmp_path / "state", max_cores=1) as pool:
+        first, second = pool.submit([make_spec(["/bin/true"]), make_spec(["/bin/sleep", "30"])])
+        pool.wait_any(10.0)
+        # No poll in between: wait_any itself reaped the first job and gave its core to the second.
+        assert pool._running.keys() == {second}
+        assert pool.poll([first])[first].state == JobState.SUCCEEDED
 
 
 def test_environment_is_passed_through(backend: LocalBackend, make_spec: MakeSpec) -> None:
