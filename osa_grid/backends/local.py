@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # Finished statuses kept after they were reported once, so a repeated poll still answers.
 REPORTED_KEEP = 100_000
+# Default depth of the queue, in jobs per core.
+QUEUE_DEPTH_PER_CORE = 4
 # Sleep step of wait_any where the kernel offers no pidfds to wait on.
 POLL_STEP_SECONDS = 0.005
 # close() waits at most this long for SIGKILLed processes to be reaped.
@@ -93,8 +95,9 @@ class LocalBackend:
     ) -> None:
         self.max_cores = max_cores if max_cores is not None else os.cpu_count() or 1
         # Jobs accepted beyond the running ones: a core that frees starts the next job at once (in
-        # wait_any or poll) instead of idling until the shepherd's next pass. Default: one pool's worth.
-        self.queue_depth = self.max_cores if queue_depth is None else queue_depth
+        # wait_any or poll) instead of idling until the shepherd's next pass, and the shepherd handles
+        # finished jobs in batches rather than one pass per job.
+        self.queue_depth = QUEUE_DEPTH_PER_CORE * self.max_cores if queue_depth is None else queue_depth
         self.max_memory_gb = max_memory_gb if max_memory_gb is not None else total_memory_gb()
         if self.max_cores < 1 or self.max_memory_gb <= 0:
             raise BadInput("the local backend needs at least one core and some memory")
@@ -151,10 +154,11 @@ class LocalBackend:
         return max(0, self.max_cores + self.queue_depth - self._cores_used - len(self._queued))
 
     def wait_any(self, timeout: float) -> None:
-        """Block until a job has finished since the last poll, or ``timeout``.
+        """Block until jobs have finished since the last poll and the queue needs refilling, or ``timeout``.
 
-        A job that exits is reaped here and its core given to the next queued job before returning, so the
-        pool stays busy while the shepherd does its bookkeeping.
+        A job that exits is reaped here and its core given to the next queued job, so the pool stays busy
+        while the shepherd does its bookkeeping; while the queue still holds more than half its depth the
+        cores have work, and waiting on lets the shepherd handle the finished jobs in one batch.
         """
         end = time.monotonic() + max(0.0, timeout)
         while True:
@@ -163,7 +167,7 @@ class LocalBackend:
             if self._running and self._any_exited():
                 self._step()
             # Not "a status is unreported": a cancelled job's status may never be polled.
-            if self._reaped_since_poll or not self._running:
+            if not self._running or (self._reaped_since_poll and len(self._queued) <= self.queue_depth // 2):
                 return
             wake = min([end, *(job.next_deadline(self.kill_grace_seconds) for job in self._running.values())])
             if wake <= now:

@@ -23,14 +23,14 @@ pytestmark = pytest.mark.integration
 
 RUNS = [1807, 1808]
 KILLS = 8
-SUBRUNS = 6
+SUBRUNS = 8
 
 
 def _prepare(root: Path, database_url: str | None = None) -> tuple[ToyWorld, Path, Path]:
     world = ToyWorld(root, database_url)
     record = root / "executions.log"
     world.add_raw(RUNS, SUBRUNS)
-    production = world.write_production(toy_production(record=record, sleep=0.3))
+    production = world.write_production(toy_production(record=record, sleep=0.6))
     return world, production, record
 
 

@@ -157,18 +157,17 @@ def test_once_makes_one_pass_and_a_cron_of_passes_finishes(world: ToyWorld) -> N
     first = world.osa_grid("production", "run", str(path), "--once", "--no-live", "--max-cores", "2")
     assert first.returncode == 0, first.stderr
     assert "still to do" in first.stdout
-    # One pass on a 2-core pool whose queue is as deep as the pool: four sub-runs calibrated, the rest
-    # planned and waiting for the next pass (as is the merge of the run whose sub-runs are all calibrated).
-    assert _status(world)["counts"] == {"calibrate": {"done": 4, "ready": 2}, "merge": {"ready": 1}}
+    # One pass on a 2-core pool (with its queue): the six sub-runs calibrated, the merges of their runs
+    # planned and waiting for the next pass.
+    assert _status(world)["counts"] == {"calibrate": {"done": 6}, "merge": {"ready": 2}}
     passes = 1
     while "summarize" not in _status(world)["counts"] or _status(world)["counts"]["summarize"] != {"done": 1}:
         result = world.osa_grid("production", "run", str(path), "--once", "--no-live", "--max-cores", "2")
         assert result.returncode == 0, result.stderr
         passes += 1
         assert passes <= 10
-    # calibrate needs 2 passes, then merge (the second run), reconstruct and summarize one each (tasks appear
-    # with the data).
-    assert passes == 5
+    # Then merge, reconstruct and summarize one pass each (tasks appear with the data).
+    assert passes == 4
 
 
 def test_a_second_shepherd_on_the_same_production_is_refused(world: ToyWorld) -> None:

@@ -223,7 +223,7 @@ def test_cancel_queued_job(tmp_path: Path, make_spec: MakeSpec) -> None:
 
 
 def test_core_limit(tmp_path: Path, make_spec: MakeSpec) -> None:
-    with LocalBackend(tmp_path / "state", max_cores=2) as pool:
+    with LocalBackend(tmp_path / "state", max_cores=2, queue_depth=2) as pool:
         ids = pool.submit([make_spec(["/bin/sleep", "0.3"]) for _ in range(4)])
         assert pool.free_slots() == 0
         statuses = list(run_to_end(pool, ids).values())
@@ -251,14 +251,28 @@ def test_job_bigger_than_the_machine_runs_alone(tmp_path: Path, make_spec: MakeS
         assert max_overlap([big_status, other]) == 1
 
 
-def test_free_slots_count_the_running_jobs_and_a_queue_as_deep_as_the_pool(
-    backend: LocalBackend, make_spec: MakeSpec
-) -> None:
-    assert backend.free_slots() == 4
-    backend.submit([make_spec(["/bin/sleep", "30"])])
-    assert backend.free_slots() == 3
-    backend.submit([make_spec(["/bin/sleep", "30"]) for _ in range(3)])
-    assert backend.free_slots() == 0
+def test_free_slots_count_the_running_jobs_and_the_queue(tmp_path: Path, make_spec: MakeSpec) -> None:
+    with LocalBackend(tmp_path / "state", max_cores=2, queue_depth=2) as pool:
+        assert pool.free_slots() == 4
+        pool.submit([make_spec(["/bin/sleep", "30"])])
+        assert pool.free_slots() == 3
+        pool.submit([make_spec(["/bin/sleep", "30"]) for _ in range(3)])
+        assert pool.free_slots() == 0
+
+
+def test_the_queue_holds_four_jobs_per_core_by_default(backend: LocalBackend) -> None:
+    assert backend.queue_depth == 8
+    assert backend.free_slots() == 10
+
+
+def test_waiting_returns_once_the_queue_needs_refilling(tmp_path: Path, make_spec: MakeSpec) -> None:
+    with LocalBackend(tmp_path / "state", max_cores=1, queue_depth=4) as pool:
+        ids = pool.submit([make_spec(["/bin/true"]) for _ in range(4)] + [make_spec(["/bin/sleep", "30"])])
+        pool.wait_any(10.0)
+        # Jobs ran one after the other, without a poll, until the queue fell to half its depth.
+        assert len(pool._queued) <= 2
+        finished = [i for i, status in pool.poll(ids).items() if status.state == JobState.SUCCEEDED]
+        assert len(finished) >= 2
 
 
 def test_no_queue_depth_admits_only_what_runs_now(tmp_path: Path, make_spec: MakeSpec) -> None:
