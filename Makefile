@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,lstchain]'
+	$(BIN)/pip install --quiet -e '.[dev,lstchain,rucio,dirac]'
 	touch $@
 
 demo: setup
@@ -21,6 +21,8 @@ services:
 	bash scripts/postgres/ensure.sh
 	bash scripts/browser/ensure.sh
 	bash scripts/slurm/start.sh
+	bash scripts/rucio/start.sh
+	bash scripts/dirac/start.sh
 
 # Stop the local SLURM cluster (started by `make services`); its jobs and accounting are kept.
 slurm-stop:

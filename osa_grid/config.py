@@ -44,8 +44,38 @@ class Settings(BaseSettings):
     slurm_poll_seconds: float = Field(5.0, ge=0)  # at most one squeue + sacct per this many seconds
     slurm_lost_after_seconds: float = Field(300.0, ge=0)  # unknown to squeue and sacct this long: lost
     slurm_python: str | None = None  # runs the job runner on the nodes; default: this Python
+    # The Rucio data manager (docs/rucio.md), with data_manager = "rucio". rucio_config: the client
+    # configuration file (default: RUCIO_CONFIG); rucio_url/rucio_account override its host and account.
+    rucio_config: Path | None = None
+    rucio_url: str | None = None
+    rucio_auth_url: str | None = None
+    rucio_account: str | None = None
+    rucio_scope: str = "lst"
+    rucio_tape_rse: str = "LST_TAPE"
+    rucio_cache_rse: str = "LST_CACHE"
+    rucio_output_rse: str = "LST_DL3"
+    rucio_output_levels: list[str] = Field(default_factory=lambda: ["DL3"])  # uploaded to rucio_output_rse
+    rucio_stage_lifetime: int = Field(7 * 86400, ge=60)  # seconds a staging rule lives unless released
+    staging_window_files: int = Field(1000, ge=1)  # files staged and not yet released, at most
+    staging_window_bytes: int = Field(10 * 1000**4, ge=1)
+    # The DIRAC backend (docs/dirac.md); unset URL/credentials: DIRACX_URL / DIRACX_CREDENTIALS_PATH.
+    dirac_url: str | None = None
+    dirac_credentials_path: Path | None = None
+    dirac_batch_size: int = Field(20, ge=1, le=20)  # jobs per bulk submission (DiracX takes 20 at most)
+    dirac_max_jobs: int = Field(2000, ge=1)  # jobs queued or running at once
+    dirac_poll_seconds: float = Field(5.0, ge=0)  # at most one search per JobGroup per this many seconds
+    dirac_lost_after_seconds: float = Field(300.0, ge=0)  # a job DiracX does not know this long: lost
 
-    @field_validator("home", "data_root", "work_root", "slurm_conf", "slurm_bin_dir", "base_dir")
+    @field_validator(
+        "home",
+        "data_root",
+        "work_root",
+        "slurm_conf",
+        "slurm_bin_dir",
+        "base_dir",
+        "dirac_credentials_path",
+        "rucio_config",
+    )
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()

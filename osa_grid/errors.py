@@ -34,6 +34,10 @@ class ProductionInvalid(BadInput):
     """A production or transformation definition fails validation."""
 
 
+class CampaignInvalid(BadInput):
+    """A campaign file fails validation, or a campaign command does not fit the campaign's state."""
+
+
 class TemplateError(BadInput):
     """A command or file-name template cannot be rendered."""
 
@@ -66,8 +70,16 @@ class StorageError(OsaGridError):
     """A product could not be put into the store (disk full, permissions, store unreachable)."""
 
 
+class DataServiceError(OsaGridError):
+    """The data management service (Rucio) is down, refuses our credentials, or answers with an error."""
+
+
 class BackendError(OsaGridError):
     """A backend could not submit, poll or cancel."""
+
+
+class BackendUnavailable(BackendError):
+    """The batch system or grid service does not answer now (e.g. restarting); trying later may succeed."""
 
 
 class InvalidTransition(OsaGridError):

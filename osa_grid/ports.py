@@ -28,6 +28,12 @@ class JobSpec:
     stderr: Path
     resources: Resources
     name: str = ""  # production/transformation, for the scheduler's job name
+    # The step's software environment: pinned versions (distribution -> version) and a container image, for
+    # backends that set up the environment per job (a grid job's JDL).
+    software: Mapping[str, str] = field(default_factory=dict)
+    container: str | None = None
+    # The input files' LFNs (a grid job's InputData).
+    input_lfns: Sequence[str] = ()
 
 
 class JobState(StrEnum):
@@ -107,8 +113,34 @@ class StoredFile:
     replica: Replica
 
 
+@dataclass(frozen=True)
+class NewFile:
+    lfn: str
+    size: int
+    checksum: str
+    metadata: Mapping[str, object]
+    replicas: Sequence[Replica] = field(default_factory=tuple)
+
+
+class StageState(StrEnum):
+    NEW = "new"  # recorded, not yet asked for (a crash here is resumed without a duplicate request)
+    REQUESTED = "requested"
+    ONLINE = "online"
+    STUCK = "stuck"  # the data manager cannot bring it online now (its reason is in the error)
+    RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    state: StageState
+    error: str = ""
+    replica: Replica | None = None  # the online copy, once there is one
+
+
 class DataManager(Protocol):
     name: str
+    # Inputs may be offline (on tape): tasks wait in STAGING until the data manager brings them online.
+    stages: bool
 
     def locate(self, lfn: str, replicas: Sequence[Replica]) -> Path:
         """A local path the payload can read the file from."""
@@ -118,11 +150,29 @@ class DataManager(Protocol):
         """Move a finished product into the store atomically; returns its replica."""
         ...
 
+    def online(self, replica: Replica) -> bool:
+        """Whether a job can read this replica now (disk, available)."""
+        ...
 
-@dataclass(frozen=True)
-class NewFile:
-    lfn: str
-    size: int
-    checksum: str
-    metadata: Mapping[str, object]
-    replicas: Sequence[Replica] = field(default_factory=tuple)
+    def resolve(self, query: str) -> list[NewFile]:
+        """The files the data manager knows that match a metadata query, with their replicas."""
+        ...
+
+    def stage(self, lfns: Sequence[str], lifetime: int) -> dict[str, str]:
+        """Ask for files to be brought online for ``lifetime`` seconds; returns a request id per LFN.
+
+        A file already asked for keeps its request (found again, never made twice).
+        """
+        ...
+
+    def stage_status(self, requests: Mapping[str, str]) -> dict[str, StageStatus]:
+        """The state of staging requests (LFN -> request id), by LFN."""
+        ...
+
+    def release(self, request_ids: Sequence[str]) -> None:
+        """The staged copies are no longer needed: let them expire."""
+        ...
+
+    def register(self, files: Sequence[NewFile], dataset: str) -> list[NewFile]:
+        """Publish stored products (metadata, dataset); returns them with any replicas this added."""
+        ...

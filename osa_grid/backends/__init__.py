@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "local": "osa_grid.backends.local:LocalBackend",
     "slurm": "osa_grid.backends.slurm:SlurmBackend",
+    "dirac": "osa_grid.backends.dirac:DiracBackend",
 }
 # Backend name -> "module:function" building the backend from the settings.
 FROM_SETTINGS: dict[str, str] = {
     "local": "osa_grid.backends.local:from_settings",
     "slurm": "osa_grid.backends.slurm:from_settings",
+    "dirac": "osa_grid.backends.dirac:from_settings",
 }
 
 

@@ -82,6 +82,11 @@ def main(manifest: str, environ: Mapping[str, str] | None = None) -> int:
     except (KeyError, ValueError, TypeError, OSError) as exc:
         print(f"osa-grid runner: no command for this element of {manifest}: {exc!r}", file=sys.stderr)
         return RUNNER_FAILED
+    return run(element, environ)
+
+
+def run(element: Element, environ: Mapping[str, str]) -> int:
+    """Run the element's command in place of this process (also the DIRAC job runner's last step)."""
     try:
         _redirect(Path(element.stdout), Path(element.stderr))
         os.chdir(element.workdir)

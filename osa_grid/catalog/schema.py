@@ -231,3 +231,39 @@ leases = sa.Table(
     sa.Column("acquired_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
+
+# Campaigns (docs/campaigns.md): a production over a scope, with a backend and limits. The campaign's tasks
+# are those of the production named ``production`` (the campaign's own name); ``status`` steers its shepherd.
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("production", sa.String(128), nullable=False),
+    sa.Column("file", sa.Text, nullable=True),
+    sa.Column("definition", sa.JSON, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    # Set by ``campaign stop --kill``: the shepherd (or the stop command itself) cancels the running jobs.
+    sa.Column("kill_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("limits", sa.JSON, nullable=False),
+    # Tasks per step expected by the plan made at submission (status shows progress against it).
+    sa.Column("expected", sa.JSON, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Files asked to come online (from tape) for a production's tasks: one row per file, written before the data
+# manager is asked (state "new"), so that a restart finds the request again instead of making a second one.
+staging_requests = sa.Table(
+    "staging_requests",
+    metadata,
+    sa.Column("file_id", BigId, sa.ForeignKey("files.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=True),  # the Rucio rule id
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("requested_at", UTCDateTime, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_staging_requests_state", "state"),
+)

@@ -77,6 +77,22 @@ class CatalogFile:
 
 
 @dataclass(frozen=True)
+class CampaignRow:
+    name: str
+    production: str
+    file: str | None
+    definition: dict[str, Any]
+    digest: str
+    status: str  # active, stopped, cancelled, done
+    kill_requested: bool
+    backend: str
+    limits: dict[str, Any]
+    expected: dict[str, int] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class Completion:
     """Everything a finished task leaves behind, recorded in one transaction."""
 
@@ -1226,6 +1242,69 @@ class Catalog:
                 self._transition(conn, row.task_id, target, expect=source, **extra)
                 self._event(conn, kind, production, row.task_id, row.state.value, target.value)
         return changed
+
+    # ---------------------------------------------------------------- campaigns
+    def create_campaign(self, row: CampaignRow) -> None:
+        with self.transaction() as conn:
+            if conn.scalar(sa.select(s.campaigns.c.name).where(s.campaigns.c.name == row.name)) is not None:
+                raise BadInput(f"a campaign named {row.name!r} exists already")
+            conn.execute(sa.insert(s.campaigns).values(**vars(row)))
+            self._event(conn, "campaign_submitted", row.production, campaign=row.name, backend=row.backend)
+
+    def campaign(self, name: str) -> CampaignRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(s.campaigns).where(s.campaigns.c.name == name)).first()
+        return None if row is None else CampaignRow(**row._mapping)
+
+    def campaign_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(sa.select(s.campaigns.c.name).order_by(s.campaigns.c.name)))
+
+    def update_campaign(self, name: str, kind: str, **values: Any) -> None:
+        """Change a campaign's status, backend or flags; ``kind`` names the event logged with it."""
+        with self.transaction() as conn:
+            production = conn.scalar(sa.select(s.campaigns.c.production).where(s.campaigns.c.name == name))
+            if production is None:
+                raise BadInput(f"no campaign named {name!r} in the catalog ({self.describe_url()})")
+            conn.execute(
+                sa.update(s.campaigns).where(s.campaigns.c.name == name).values(updated_at=utcnow(), **values)
+            )
+            self._event(conn, kind, production, campaign=name, **{k: str(v) for k, v in values.items()})
+
+    def step_durations(self, transformation: str, version: str, limit: int = 1000) -> list[float]:
+        """Seconds of the newest successful attempts of a transformation at this version, any production."""
+        statement = (
+            sa.select(s.provenance.c.started_at, s.provenance.c.ended_at)
+            .join(s.tasks, s.tasks.c.task_id == s.provenance.c.task_id)
+            .join(
+                s.transformations,
+                (s.transformations.c.production == s.tasks.c.production)
+                & (s.transformations.c.name == s.tasks.c.transformation),
+            )
+            .where(
+                (s.tasks.c.transformation == transformation)
+                & (s.transformations.c.version == version)
+                & (s.provenance.c.exit_code == 0)
+                & s.provenance.c.started_at.is_not(None)
+                & s.provenance.c.ended_at.is_not(None)
+            )
+            .order_by(s.provenance.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(end - start).total_seconds() for start, end in conn.execute(statement)]
+
+    def done_times(self, production: str, since: datetime) -> list[tuple[str, datetime]]:
+        """(transformation, when) of every task of the production that finished since ``since``."""
+        statement = (
+            sa.select(s.tasks.c.transformation, s.events.c.at)
+            .join(s.tasks, s.tasks.c.task_id == s.events.c.task_id)
+            .where(
+                (s.events.c.production == production) & (s.events.c.kind == "done") & (s.events.c.at >= since)
+            )
+        )
+        with self.engine.connect() as conn:
+            return [(str(name), at) for name, at in conn.execute(statement)]
 
     # ---------------------------------------------------------------- leases
     def acquire_lease(self, name: str, holder: str, ttl: timedelta, dead_holder: str | None = None) -> None:

@@ -12,19 +12,22 @@ from rich.console import Group
 from rich.live import Live
 
 from osa_grid import __version__
+from osa_grid.cli.campaign import campaign_app
 from osa_grid.cli.common import console, handle_errors, settings_of
-from osa_grid.cli.nightly import nightly_app
+from osa_grid.cli.nightly import nightly_app, web
 from osa_grid.cli.query_cmds import register as register_query_commands
 from osa_grid.cli.site import site_app
 from osa_grid.cli.views import failures_table, production_table
 from osa_grid.core.metadata import parse_literal
 from osa_grid.core.models import Production
+from osa_grid.core.staging import Window
 from osa_grid.core.states import UNFINISHED, TaskState
 from osa_grid.core.validation import topological_order
 from osa_grid.errors import BadInput
 from osa_grid.logs import configure
 from osa_grid.services.files import register_paths
 from osa_grid.services.productions import (
+    change_states,
     definition_of,
     digest_of,
     load_production,
@@ -45,7 +48,9 @@ files_app = typer.Typer(help="Register and inspect files in the catalog.", no_ar
 app.add_typer(production_app, name="production")
 app.add_typer(files_app, name="files")
 app.add_typer(nightly_app, name="nightly")
+app.command("web")(web)  # the nightly pages, served
 app.add_typer(site_app, name="site")
+app.add_typer(campaign_app, name="campaign")
 
 
 def _version(value: bool) -> None:
@@ -105,6 +110,8 @@ def production_run(
             flush=flush,
             poll_interval=settings.poll_interval,
             lease_ttl=_ttl(settings.lease_seconds),
+            staging_window=Window(settings.staging_window_files, settings.staging_window_bytes),
+            stage_lifetime=settings.rucio_stage_lifetime,
         )
         order = [t.name for t in topological_order(production)]
         show_live = live and console.is_terminal
@@ -207,23 +214,8 @@ def _operator_action(
             prod.transformation(transformation) if transformation in {
                 t.name for t in prod.transformations
             } else _unknown(transformation, prod)
-        changed = workspace.catalog.set_states(
-            prod.name,
-            source,
-            target,
-            kind,
-            task_ids=_expand_ids(workspace, prod.name, task),
-            transformation=transformation,
-            reset_failures=target == TaskState.READY,
-        )
-        active = [
-            row for row in changed if row.job_id and row.state in (TaskState.SUBMITTED, TaskState.RUNNING)
-        ]
-        for backend_name in {row.backend for row in active if row.backend}:
-            workspace.backend(backend_name).cancel(
-                [row.job_id for row in active if row.backend == backend_name and row.job_id]
-            )
-        return len(changed)
+        task_ids = _expand_ids(workspace, prod.name, task)
+        return len(change_states(workspace, prod.name, source, target, kind, task_ids, transformation))
 
 
 def _unknown(transformation: str, production: Production) -> None:

@@ -297,3 +297,23 @@ def close(
         tonight.close(workspace.data, notifier_from_url(settings.notify), forced=True)
         tonight.write_page()
         console.print(f"night {tonight.night} closed")
+
+
+@handle_errors
+def web(
+    ctx: typer.Context,
+    base_dir: BaseDirOption = None,
+    workflow: WorkflowOption = None,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port on 127.0.0.1 (0: any free one)")
+    ] = 8080,
+    refresh: Annotated[int, typer.Option(min=1, help="Seconds between a page's reloads")] = 30,
+) -> None:
+    """Serve the nightly status pages (live from the state store, read-only) on 127.0.0.1."""
+    from osa_grid.services.nightserver import NightPages, serve
+
+    settings = _settings(ctx, base_dir)
+    assert settings.base_dir is not None
+    with open_workspace(settings) as workspace:
+        pages = NightPages(_workflow(workflow), settings.base_dir, workspace.catalog, refresh)
+        serve(pages, port, lambda url: console.print(f"serving the nightly pages on {url}", soft_wrap=True))

@@ -218,3 +218,101 @@ def check_dl3(
     if result.significance < min_significance:
         console.print(f"the source is not detected above {min_significance} sigma")
         raise typer.Exit(1)
+
+
+@site_app.command("pilot")
+@handle_errors
+def pilot(
+    ctx: typer.Context,
+    job_group: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--job-group", help="Take jobs of this DIRAC JobGroup (repeat it; default: all)"),
+    ] = None,
+    slots: Annotated[int, typer.Option(min=1, help="Jobs run at once")] = 2,
+    loop: Annotated[
+        bool, typer.Option("--loop/--once", help="Run until interrupted, or take the jobs there are and end")
+    ] = True,
+    heartbeat: Annotated[float, typer.Option(min=0.1, help="Seconds between heartbeats")] = 10.0,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between two looks for jobs")] = 1.0,
+    spool: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Where the DIRAC backend writes job descriptions (default: the work directory's)"),
+    ] = None,
+) -> None:
+    """Play a grid worker node of the local site for a DiracX 0.7 server (which has no job matching).
+
+    Takes Received jobs, reports Matched/Running with heartbeats, runs them, uploads their logs as the output
+    sandbox and reports Done/Failed (docs/dirac.md).
+    """
+    import os
+    from threading import Event
+
+    from osa_grid.backends.dirac import dirac_state_dir
+    from osa_grid.backends.dirac_client import DiracSession
+    from osa_grid.backends.dirac_pilot import SitePilot
+
+    settings = settings_of(ctx)
+    url = settings.dirac_url or os.environ.get("DIRACX_URL")
+    if not url:
+        raise BadInput("the pilot needs the DiracX server's URL: set OSA_GRID_DIRAC_URL or DIRACX_URL")
+    session = DiracSession(url, settings.dirac_credentials_path)
+    site_pilot = SitePilot(
+        session,
+        spool or dirac_state_dir(settings) / "jobs",
+        job_groups=job_group or [],
+        slots=slots,
+        heartbeat_seconds=heartbeat,
+    )
+    stop = Event()
+    try:
+        report = site_pilot.run(once=not loop, stop=stop, interval=interval)
+    except KeyboardInterrupt:
+        stop.set()
+        report = site_pilot.report
+    finally:
+        site_pilot.close()
+    counts = f"{report.finished} done, {report.failed} failed, {report.killed} killed"
+    console.print(f"pilot: {report.started} started, {counts}")
+
+
+@site_app.command("transfer")
+@handle_errors
+def transfer(
+    ctx: typer.Context,
+    rse: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Only transfers to this RSE (default: every RSE the agent can write)"),
+    ] = None,
+    loop: Annotated[
+        float, typer.Option(min=0, help="Seconds between rounds; 0 (default): one round and exit")
+    ] = 0.0,
+) -> None:
+    """The site transfer agent, FTS's stand-in for Rucio RSEs on local directories (docs/rucio.md).
+
+    Copies the bytes of every replicating rule's transfers to their destination and marks the replicas
+    available, so that rules reach OK as they would on a grid site.
+    """
+    from osa_grid.data.rucio import from_settings
+    from osa_grid.data.rucio import transfer as transfer_round
+
+    store = from_settings(settings_of(ctx))
+    while True:
+        copied = transfer_round(store, rse)
+        console.print(f"transferred {copied} file(s)")
+        if not loop:
+            return
+        time.sleep(loop)
+
+
+@site_app.command("import")
+@handle_errors
+def import_files(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="Metadata query over the data manager's files (e.g. Rucio)")],
+) -> None:
+    """Register in the catalog the files the data manager finds for a query (with their replicas)."""
+    from osa_grid.services.staging import import_files as run_import
+
+    with open_workspace(settings_of(ctx)) as workspace:
+        count = run_import(workspace.catalog, workspace.data, query)
+    console.print(f"imported {count} new file(s)")

@@ -13,10 +13,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from osa_grid.core.campaign import Campaign, software_problems
 from osa_grid.core.models import Production
-from osa_grid.core.nightly import NightlyWorkflow
+from osa_grid.core.nightly import NightlyWorkflow, column_transformations
 from osa_grid.core.validation import check_production
-from osa_grid.errors import ProductionInvalid
+from osa_grid.errors import CampaignInvalid, ProductionInvalid
 
 Path = tuple[str | int, ...]
 
@@ -44,6 +45,14 @@ class Document:
             if found is not None:
                 return found
         return None
+
+    def part(self, path: Path) -> Document:
+        """The subtree at ``path``, keeping where each of its values came from."""
+        data = self.data
+        for key in path:
+            data = data[key]
+        size = len(path)
+        return Document(data, {k[size:]: v for k, v in self.origins.items() if k[:size] == path})
 
     def graft(self, path: Path, other: Document) -> None:
         """Put another document's data at ``path`` (used for ``include:``)."""
@@ -124,7 +133,8 @@ def build_nightly_workflow(document: Document) -> NightlyWorkflow:
     names = {t.name for t in workflow.transformations}
     problems += [
         (("columns", label), f"unknown transformation {name!r}")
-        for label, name in workflow.columns.items()
+        for label in workflow.columns
+        for name in column_transformations(workflow, label)
         if name not in names
     ]
     if problems:
@@ -132,7 +142,25 @@ def build_nightly_workflow(document: Document) -> NightlyWorkflow:
     return workflow
 
 
-def _format(document: Document, problems: Sequence[tuple[Sequence[str | int], str]]) -> str:
+def build_campaign(document: Document) -> tuple[Campaign, Production]:
+    """A campaign whose ``production`` holds the production's document (grafted from its file or inline)."""
+    if not isinstance(document.data, Mapping):
+        raise CampaignInvalid(f"{document.origin(())}: a campaign must be a mapping")
+    try:
+        campaign = Campaign.model_validate(document.data)
+    except ValidationError as exc:
+        problems = [(e["loc"], e["msg"]) for e in exc.errors()]
+        raise CampaignInvalid(_format(document, problems, "campaign")) from exc
+    production = build_production(document.part(("production",)))
+    software = software_problems(campaign, production)
+    if software:
+        raise CampaignInvalid(_format(document, software, "campaign"))
+    return campaign, production
+
+
+def _format(
+    document: Document, problems: Sequence[tuple[Sequence[str | int], str]], what: str = "production"
+) -> str:
     lines = []
     for loc, message in problems:
         origin = document.origin(loc)
@@ -140,5 +168,5 @@ def _format(document: Document, problems: Sequence[tuple[Sequence[str | int], st
         dotted = dotted.replace(".[", "[")
         lines.append(f"{origin}: {dotted or '<top>'}: {message}")
     count = len(lines)
-    header = f"the production has {count} problem{'s' if count > 1 else ''}:"
+    header = f"the {what} has {count} problem{'s' if count > 1 else ''}:"
     return "\n  ".join([header, *lines])

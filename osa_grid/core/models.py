@@ -23,6 +23,7 @@ from osa_grid.core.metadata import KEY_PATTERN, MetaValue, check_metadata
 from osa_grid.errors import OsaGridError
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+SOFTWARE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(==[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63})?$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$")
 _DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 FailureKind = Literal["failed", "timeout", "oom", "output", "storage", "lost", "cancelled", "node_fail"]
@@ -105,8 +106,25 @@ class Step(Strict):
     argv: list[Template] = Field(min_length=1)
     env: dict[str, Template] = Field(default_factory=dict)
     resources: Resources = Resources()
-    # Python distributions whose versions are recorded in the provenance of every task.
-    software: list[str] = Field(default_factory=list)
+    # Python distributions whose versions are recorded in the provenance of every task; ``lstchain==0.12.3``
+    # also pins the version the step needs (a campaign refuses to mix versions, see core/campaign.py).
+    software: list[Annotated[str, Field(pattern=SOFTWARE_PATTERN)]] = Field(default_factory=list)
+    # A container image the step runs in (for backends that run containers; recorded in provenance).
+    container: str | None = Field(None, min_length=1, max_length=512)
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """Pinned versions: distribution -> version."""
+        pinned: dict[str, str] = {}
+        for entry in self.software:
+            name, pin, version = entry.partition("==")
+            if pin:
+                pinned[name] = version
+        return pinned
+
+    @property
+    def distributions(self) -> list[str]:
+        return [entry.split("==", 1)[0] for entry in self.software]
 
     @field_validator("argv")
     @classmethod
@@ -160,6 +178,9 @@ class Output(Strict):
     # A JSON object the step writes next to the output ({output.NAME.metadata}): figures it measured
     # (event rates, pedestal stability ...) added to the output's metadata.
     metadata_file: Template | None = None
+    # Checked before the product is registered: the file opens and has the content of its kind
+    # (osa_grid/data/verify.py); a product that fails the check fails the task (failure class "output").
+    verify: Literal["json", "csv", "hdf5", "fits", "dl3"] | None = None
 
     @field_validator("file_name")
     @classmethod

@@ -16,7 +16,7 @@ from osa_grid.core.models import Production, Strict, Template, Transformation
 from osa_grid.core.query import literal_text
 from osa_grid.core.sequences import NightPlan
 from osa_grid.core.states import TaskState
-from osa_grid.core.validation import producers
+from osa_grid.core.validation import dependencies, producers, topological_order
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
 
@@ -56,8 +56,9 @@ class NightlyWorkflow(Strict):
     lookback_nights: int = Field(4, ge=0, le=60, strict=True)
     raw: RawLayout = RawLayout()
     site_files: list[SiteFile] = Field(default_factory=list)
-    # Status table: column label -> the transformation whose progress it shows.
-    columns: dict[str, Name] = Field(default_factory=dict)
+    # Status table: column label -> the transformation(s) whose progress it shows (several when a step has
+    # variants, e.g. R0 -> DL1 of event-builder calibrated and of gain-selected data).
+    columns: dict[str, Name | list[Name]] = Field(default_factory=dict)
     # Quality figures: column label -> a metadata key of the run's products (written by datacheck steps).
     quality: dict[str, str] = Field(default_factory=dict)
     publish: list[Publish] = Field(default_factory=list)
@@ -84,12 +85,18 @@ def night_production(workflow: NightlyWorkflow, plan: NightPlan) -> Production:
     """
     name = production_name(workflow, plan.night)
     raw = raw_consumers(workflow)
+    generic = Production(name=workflow.name, transformations=workflow.transformations)
     runs = ", ".join(str(run.run_id) for run, _night in plan.runs_to_process()) or "-1"
     own = f"production = {literal_text(name)}"
     transformations = []
     for transformation in workflow.transformations:
         restriction = f"run_id in ({runs})" if transformation.name in raw else own
-        needs = {key: f"({query}) and {own}" for key, query in transformation.input.needs.items()}
+        # Side inputs the workflow makes (e.g. the calibration file) must be tonight's; the others (drive
+        # log, analysis configuration, models) come from the site or another production.
+        needs = {
+            key: f"({query}) and {own}" if producers(generic, _need_node(query)) else query
+            for key, query in transformation.input.needs.items()
+        }
         spec = transformation.input.model_copy(
             update={"query": f"({transformation.input.query}) and {restriction}", "needs": needs}
         )
@@ -101,6 +108,32 @@ def night_production(workflow: NightlyWorkflow, plan: NightPlan) -> Production:
         parameters=parameters(workflow, plan.night),
         transformations=transformations,
     )
+
+
+def _need_node(template: str) -> querylang.Node:
+    return querylang.parse(templates.static_text(template))
+
+
+def column_transformations(workflow: NightlyWorkflow, label: str) -> list[str]:
+    chosen = workflow.columns[label]
+    return [chosen] if isinstance(chosen, str) else list(chosen)
+
+
+def per_subrun_transformations(workflow: NightlyWorkflow) -> set[str]:
+    """Per-file transformations fed, through per-file steps only, by the raw sub-run files: one task per
+    sub-run (their progress is counted against the run's number of sub-runs)."""
+    generic = Production(name=workflow.name, transformations=workflow.transformations)
+    parents = dependencies(generic)
+    modes = {t.name: t.grouping.mode for t in workflow.transformations}
+    raw = raw_consumers(workflow)
+    found: set[str] = set()
+    for transformation in topological_order(generic):
+        name = transformation.name
+        if modes[name] != "per_file":
+            continue
+        if name in raw or (parents[name] and all(p in found for p in parents[name])):
+            found.add(name)
+    return found
 
 
 def raw_consumers(workflow: NightlyWorkflow) -> set[str]:
@@ -172,22 +205,25 @@ def sequence_table(
     plan: NightPlan,
     tasks: Sequence[TaskOfRun],
     quality: Mapping[str, Mapping[int, MetaValue]] | None = None,
+    sources: Mapping[int, str] | None = None,
 ) -> list[SequenceStatus]:
-    """One row per sequence; ``quality`` maps a quality column to its figure per run."""
+    """One row per sequence; ``quality`` maps a quality column to its figure per run, ``sources`` a data
+    run to the source it observed."""
     by_run: dict[int, list[TaskOfRun]] = {}
     for task in tasks:
         if task.run_id is not None:
             by_run.setdefault(task.run_id, []).append(task)
-    modes = {t.name: t.grouping.mode for t in workflow.transformations}
-    per_subrun = {name for name in raw_consumers(workflow) if modes[name] == "per_file"}
+    per_subrun = per_subrun_transformations(workflow)
     rows = []
     for sequence in plan.sequences:
         mine = by_run.get(sequence.run.run_id, [])
         latest = max(mine, key=lambda t: (t.attempt, t.job_id or ""), default=None)
         progress = {}
-        for label, transformation in workflow.columns.items():
-            steps = [t for t in mine if t.transformation == transformation]
-            expected = sequence.run.n_subruns if transformation in per_subrun else max(len(steps), 1)
+        for label in workflow.columns:
+            chosen = column_transformations(workflow, label)
+            steps = [t for t in mine if t.transformation in chosen]
+            by_subrun = any(name in per_subrun for name in chosen)
+            expected = sequence.run.n_subruns if by_subrun else max(len(steps), 1)
             done = sum(1 for t in steps if t.state == TaskState.DONE)
             progress[label] = 100.0 * min(done, expected) / expected if expected else 0.0
         rows.append(
@@ -197,7 +233,7 @@ def sequence_table(
                 kind=sequence.kind,
                 run_id=sequence.run.run_id,
                 n_subruns=sequence.run.n_subruns,
-                source="",
+                source=(sources or {}).get(sequence.run.run_id, ""),
                 tries=max((t.attempt for t in mine), default=0),
                 job_id=(latest.job_id or "") if latest else "",
                 state=sequence_state([t.state for t in mine]),

@@ -22,6 +22,7 @@ class RenderedOutput:
     lfn: str
     metadata: dict[str, MetaValue]
     metadata_file: str | None = None
+    verify: str | None = None  # the kind of check the product passes before registration
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def _render_output(
         metadata_file = templates.check_file_name(
             templates.render(output.metadata_file, names, f"output {output.name} metadata_file")
         )
-    return RenderedOutput(output.name, file_name, lfn, check_metadata(metadata), metadata_file)
+    return RenderedOutput(output.name, file_name, lfn, check_metadata(metadata), metadata_file, output.verify)
 
 
 def render_task(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -21,6 +23,10 @@ _TYPE_ALIASES: dict[str, RunType] = {
     "DATA": "DATA",
 }
 REQUIRED_COLUMNS = ("run_id", "n_subruns", "run_type")
+CATALOG_COLUMNS = ("run_id", "source_name", "source_ra", "source_dec")
+# Event-builder pre-processing (ctapipe_io_lst's EVBPreprocessingFlag bits): lstchain's RunSummary holds the
+# flags' integer value, osa-grid's metadata one word that the transformations' queries select on.
+_EVB_GAIN_SELECTION, _EVB_PE_CALIBRATION = 1, 64
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,28 @@ class RunInfo:
     n_subruns: int
     run_type: RunType
     start: datetime | None = None
+    # NONE: raw two-gain data; GAIN_SELECTION / PE_CALIBRATION: what the event builder did already.
+    # Files without the column predate the event builder's pre-processing: raw.
+    evb_preprocessing: str = "NONE"
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """What a data run observed (LST-1's TCU database; the site's RunCatalog_YYYYMMDD.ecsv)."""
+
+    name: str
+    ra_deg: float
+    dec_deg: float
+    wobble: str = ""
+
+    def metadata(self) -> dict[str, str | float]:
+        """The keys the DL3 step and the nightly table read from a data run's files."""
+        found: dict[str, str | float] = {
+            "source": self.name,
+            "source_ra": self.ra_deg,
+            "source_dec": self.dec_deg,
+        }
+        return {**found, "wobble": self.wobble} if self.wobble else found
 
 
 @dataclass(frozen=True)
@@ -46,6 +74,50 @@ class NightRuns:
 
 def parse_run_summary(text: str, source: str) -> NightRuns:
     """A RunSummary ECSV (with or without the newer data_format/evb_preprocessing columns)."""
+    runs: list[RunInfo] = []
+    ignored: list[IgnoredRun] = []
+    for where, row in _ecsv_rows(text, source, "RunSummary", REQUIRED_COLUMNS):
+        start = _ns_timestamp(row["run_start"], where) if "run_start" in row else None
+        evb = evb_preprocessing_label(row.get("evb_preprocessing", "NONE"))
+        _add(runs, ignored, row["run_id"], row["n_subruns"], row["run_type"], start, where, evb)
+    return NightRuns(tuple(runs), tuple(ignored))
+
+
+def parse_run_catalog(text: str, source: str) -> dict[int, RunSource]:
+    """The site's run catalog ECSV: ``run_id, source_name, source_ra, source_dec[, wobble]`` (deg)."""
+    found: dict[int, RunSource] = {}
+    for where, row in _ecsv_rows(text, source, "run catalog", CATALOG_COLUMNS):
+        run_id = _integer(row["run_id"], "run_id", where)
+        try:
+            ra, dec = float(row["source_ra"]), float(row["source_dec"])
+        except ValueError:
+            raise BadInput(f"{where}: source_ra and source_dec must be numbers (deg)") from None
+        found[run_id] = RunSource(row["source_name"].strip(), ra, dec, row.get("wobble", "").strip())
+    return found
+
+
+def evb_preprocessing_label(text: str) -> str:
+    """One word for what the event builder did: NONE, GAIN_SELECTION or PE_CALIBRATION (which implies it).
+
+    lstchain writes the flags' integer value; some RunSummary files list the flags' names instead
+    (``"['BASELINE', 'GAIN_SELECTION']"``).
+    """
+    value = text.strip()
+    if value.isdigit():
+        flags = int(value)
+        pe, gain = bool(flags & _EVB_PE_CALIBRATION), bool(flags & _EVB_GAIN_SELECTION)
+    else:
+        names = set(re.findall(r"[A-Za-z_]+", value.upper()))
+        pe, gain = "PE_CALIBRATION" in names, "GAIN_SELECTION" in names
+    if pe:
+        return "PE_CALIBRATION"
+    return "GAIN_SELECTION" if gain else "NONE"
+
+
+def _ecsv_rows(
+    text: str, source: str, what: str, required: Sequence[str]
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """(where, column -> text) for every row of an ECSV table holding the ``required`` columns."""
     header, body, first_line = _split_ecsv(text, source)
     delimiter = str(header.get("delimiter", " ")) if isinstance(header, dict) else " "
     if len(delimiter) != 1 or delimiter in '"\r\n':
@@ -53,23 +125,16 @@ def parse_run_summary(text: str, source: str) -> NightRuns:
     reader = csv.reader(io.StringIO(body), delimiter=delimiter, skipinitialspace=delimiter == " ")
     rows = [row for row in reader if row]
     if not rows:
-        raise BadInput(f"{source}: the RunSummary has no column names")
+        raise BadInput(f"{source}: the {what} has no column names")
     columns = rows[0]
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    missing = [c for c in required if c not in columns]
     if missing:
-        raise BadInput(f"{source}:{first_line}: the RunSummary lacks the column(s) {', '.join(missing)}")
-    index = {name: position for position, name in enumerate(columns)}
-    runs: list[RunInfo] = []
-    ignored: list[IgnoredRun] = []
+        raise BadInput(f"{source}:{first_line}: the {what} lacks the column(s) {', '.join(missing)}")
     for offset, row in enumerate(rows[1:], start=1):
         where = f"{source}:{first_line + offset}"
         if len(row) != len(columns):
             raise BadInput(f"{where}: {len(row)} values for {len(columns)} columns")
-        start = _ns_timestamp(row[index["run_start"]], where) if "run_start" in index else None
-        _add(
-            runs, ignored, row[index["run_id"]], row[index["n_subruns"]], row[index["run_type"]], start, where
-        )
-    return NightRuns(tuple(runs), tuple(ignored))
+        yield where, dict(zip(columns, row, strict=True))
 
 
 def parse_night_summary(text: str, source: str) -> NightRuns:
@@ -122,6 +187,7 @@ def _add(
     type_text: str,
     start: datetime | None,
     where: str,
+    evb_preprocessing: str = "NONE",
 ) -> None:
     run_id = _integer(run_text, "run_id", where)
     n_subruns = _integer(subruns_text, "n_subruns", where)
@@ -133,7 +199,7 @@ def _add(
     elif any(r.run_id == run_id for r in runs):
         raise BadInput(f"{where}: run {run_id} is listed twice")
     else:
-        runs.append(RunInfo(run_id, n_subruns, run_type, start))
+        runs.append(RunInfo(run_id, n_subruns, run_type, start, evb_preprocessing))
 
 
 def _integer(text: str, name: str, where: str) -> int:

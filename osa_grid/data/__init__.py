@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 # Data manager name -> "module:function" building it from the settings.
 DATA_MANAGERS: dict[str, str] = {
     "local": "osa_grid.data.local:from_settings",
+    "rucio": "osa_grid.data.rucio:from_settings",
 }
 
 

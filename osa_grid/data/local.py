@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from osa_grid.config import Settings
 from osa_grid.core.templates import check_relative_path
-from osa_grid.errors import InputFileMissing, StorageError
-from osa_grid.ports import Replica
+from osa_grid.errors import BadInput, InputFileMissing, StorageError
+from osa_grid.ports import NewFile, Replica, StageState, StageStatus
 
 
 class LocalStore:
     name = "local"
+    stages = False  # everything is on disk already
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
@@ -41,6 +42,24 @@ class LocalStore:
         except OSError:
             self._copy_across(source, destination)
         return Replica(lfn, self.name, str(destination))
+
+    def online(self, replica: Replica) -> bool:
+        return replica.store == self.name and replica.state == "available"
+
+    def resolve(self, query: str) -> list[NewFile]:
+        raise BadInput("the local store keeps no metadata of its own: the catalog answers (osa-grid query)")
+
+    def stage(self, lfns: Sequence[str], lifetime: int) -> dict[str, str]:
+        return {lfn: f"local:{lfn}" for lfn in lfns}
+
+    def stage_status(self, requests: Mapping[str, str]) -> dict[str, StageStatus]:
+        return {lfn: StageStatus(StageState.ONLINE) for lfn in requests}
+
+    def release(self, request_ids: Sequence[str]) -> None:
+        """Nothing to release: the store keeps its files."""
+
+    def register(self, files: Sequence[NewFile], dataset: str) -> list[NewFile]:
+        return list(files)  # the catalog is the local store's only index
 
     @staticmethod
     def _copy_across(source: Path, destination: Path) -> None:

@@ -28,7 +28,7 @@ from osa_grid.core.nightly import (
     sequence_table,
 )
 from osa_grid.core.planner import FileRecord, plan_groups
-from osa_grid.core.runsummary import NightRuns, RunInfo, parse_summary
+from osa_grid.core.runsummary import NightRuns, RunInfo, RunSource, parse_run_catalog, parse_summary
 from osa_grid.core.sequences import NightPlan, plan_night
 from osa_grid.core.states import TaskState
 from osa_grid.errors import BadInput
@@ -74,6 +74,7 @@ class Night:
         self.run_summary = run_summary
         self.plan = plan_night(night, self._runs_of, workflow.lookback_nights)
         self.production = night_production(workflow, self.plan)
+        self.sources = self._sources()
 
     # ------------------------------------------------------------------ the night's runs
     def summary_path(self, night: date) -> Path:
@@ -99,6 +100,19 @@ class Night:
         for ignored in runs.ignored:
             event(log, "run_ignored", night=night, run=ignored.run_id, reason=ignored.reason)
         return runs
+
+    def catalog_path(self) -> Path:
+        """The site's run catalog: the source each data run observed (LST-1 keeps it in its TCU database)."""
+        return self.base_dir / "monitoring" / "RunCatalog" / f"RunCatalog_{night_dir(self.night)}.ecsv"
+
+    def _sources(self) -> dict[int, RunSource]:
+        path = self.catalog_path()
+        if not path.is_file():
+            return {}
+        try:
+            return parse_run_catalog(path.read_text(), str(path))
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{path}: not a text file: {exc}") from exc
 
     # ------------------------------------------------------------------ raw and site files
     def expected_raw(self) -> int:
@@ -140,7 +154,11 @@ class Night:
             "night": taken,
             "run_type": run.run_type,
             "n_subruns": run.n_subruns,
+            "evb_preprocessing": run.evb_preprocessing,
+            "n_data_runs": len(self.plan.data_runs),
         }
+        if run.run_type == "DATA" and run.run_id in self.sources:
+            metadata.update(self.sources[run.run_id].metadata())
         calibration = self.plan.calibration
         if calibration is not None:
             metadata.update(
@@ -177,7 +195,8 @@ class Night:
         quality = {
             label: self.catalog.values_by(name, key, "run_id") for label, key in self.workflow.quality.items()
         }
-        return sequence_table(self.workflow, self.plan, tasks, quality)
+        sources = {run_id: source.name for run_id, source in self.sources.items()}
+        return sequence_table(self.workflow, self.plan, tasks, quality, sources)
 
     def closed_at(self) -> datetime | None:
         for record in reversed(self.catalog.events(production=self.production.name)):
@@ -208,22 +227,31 @@ class Night:
     def write_page(self) -> Path:
         """Regenerate the status page; datacheck plots published for the night are shown on it."""
         page = self.web_page()
-        values = parameters(self.workflow, self.night)
-        images: list[str] = []
-        for rule in self.workflow.publish:
-            directory = self.base_dir / templates.render(rule.directory, values, "publish")
-            if directory.is_dir():
-                images += [os.path.relpath(p, page.parent) for p in sorted(directory.glob("*.png"))]
-        content = render_page(
+        images = [os.path.relpath(p, page.parent) for p in self.datacheck_plots()]
+        write_page(page, self.page(images))
+        return page
+
+    def page(self, images: list[str], refresh: int | None = None) -> str:
+        """The status page, showing ``images`` (links to the datacheck plots)."""
+        return render_page(
             self.night,
             self.status(),
             list(self.workflow.columns),
             self.closed_at() is not None,
             images,
             list(self.workflow.quality),
+            refresh,
         )
-        write_page(page, content)
-        return page
+
+    def datacheck_plots(self) -> list[Path]:
+        """The plots published for the night (the workflow's publish directories)."""
+        values = parameters(self.workflow, self.night)
+        plots: list[Path] = []
+        for rule in self.workflow.publish:
+            directory = self.base_dir / templates.render(rule.directory, values, "publish")
+            if directory.is_dir():
+                plots += sorted(directory.glob("*.png"))
+        return plots
 
     def analysis_dir(self) -> Path:
         return self.base_dir / "running_analysis" / night_dir(self.night) / self.workflow.prod_id

@@ -29,18 +29,21 @@ def render_page(
     closed: bool,
     images: Sequence[str],
     quality: Sequence[str] = (),
+    refresh: int | None = None,
 ) -> str:
+    """The page; ``refresh`` (seconds) makes browsers reload it (pages served live by ``osa-grid web``)."""
     header = "".join(f"<th>{html.escape(h)}</th>" for h in (*HEADERS, *columns, *quality))
     body = (
         "\n".join(_row(row, columns, quality) for row in rows)
         or f'<tr><td colspan="{len(HEADERS) + len(columns)}">no runs</td></tr>'
     )
     state = "closed" if closed else "in progress"
+    reload = f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh else ""
     plots = "\n".join(
         f'<figure><img src="{html.escape(src)}" alt="{html.escape(src)}"></figure>' for src in images
     )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>osa-grid night {night}</title>
+<html lang="en"><head><meta charset="utf-8">{reload}<title>osa-grid night {night}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }}
 table {{ border-collapse: collapse; }}

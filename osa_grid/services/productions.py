@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from osa_grid.catalog.store import TaskRow
 from osa_grid.core.loading import Document, build_nightly_workflow, build_production, parse_yaml
 from osa_grid.core.models import Production
 from osa_grid.core.nightly import NightlyWorkflow
+from osa_grid.core.states import ACTIVE, TaskState
 from osa_grid.errors import ProductionInvalid
 from osa_grid.resources import shipped
+from osa_grid.services.workspace import Workspace
 
 MAX_INCLUDE_DEPTH = 1
 
@@ -22,12 +25,22 @@ def load_production(path: Path) -> Production:
 
 def load_document(path: Path) -> Document:
     document = _read(path)
+    expand_includes(document, path)
+    return document
+
+
+def read_document(path: Path) -> Document:
+    """A YAML file with the origin of every value (a campaign file, a production file before includes)."""
+    return _read(path)
+
+
+def expand_includes(document: Document, path: Path) -> None:
+    """Replace the ``- include: FILE`` items of a production's transformations (``path``: its file)."""
     transformations = document.data.get("transformations") if isinstance(document.data, dict) else None
     if isinstance(transformations, list):
         for index, item in enumerate(transformations):
             if isinstance(item, dict) and "include" in item:
                 _include(document, path, index, item)
-    return document
 
 
 def _read(path: Path) -> Document:
@@ -77,3 +90,30 @@ def digest_of(production: Production) -> str:
 def production_from_definition(definition: dict[str, Any]) -> Production:
     """A production as stored in the catalog (already validated when it was saved)."""
     return Production.model_validate(definition)
+
+
+def change_states(
+    workspace: Workspace,
+    production: str,
+    source: list[TaskState],
+    target: TaskState,
+    kind: str,
+    task_ids: list[str] | None = None,
+    transformation: str | None = None,
+) -> list[TaskRow]:
+    """An operator's action on tasks (retry, cancel); jobs of tasks taken out of a backend are cancelled."""
+    changed = workspace.catalog.set_states(
+        production,
+        source,
+        target,
+        kind,
+        task_ids=task_ids,
+        transformation=transformation,
+        reset_failures=target == TaskState.READY,
+    )
+    active = [row for row in changed if row.job_id and row.state in ACTIVE]
+    for backend_name in {row.backend for row in active if row.backend}:
+        workspace.backend(backend_name).cancel(
+            [row.job_id for row in active if row.backend == backend_name and row.job_id]
+        )
+    return changed

@@ -29,12 +29,15 @@ from osa_grid.core.metadata import MetaValue, check_metadata
 from osa_grid.core.models import Production, Resources, Transformation
 from osa_grid.core.planner import decide_retry, input_query, plan_groups, upstream_drained
 from osa_grid.core.rendering import RenderedOutput, RenderedTask, render_needs, render_outputs, render_task
+from osa_grid.core.staging import Window
 from osa_grid.core.states import ACTIVE, RUNNABLE, UNFINISHED, TaskState
 from osa_grid.core.validation import dependencies, producers, topological_order
 from osa_grid.data.checksums import adler32
+from osa_grid.data.verify import clear_workdir, verify_product
 from osa_grid.errors import BadInput, OsaGridError, OutputCheckFailed, StorageError
 from osa_grid.logs import event, get_logger
 from osa_grid.ports import Backend, DataManager, JobSpec, JobState, JobStatus, NewFile
+from osa_grid.services.staging import Stager
 from osa_grid.system import identity_is_dead, process_identity
 
 log = get_logger("shepherd")
@@ -48,6 +51,13 @@ class ShepherdOptions:
     auto_flush: bool = True
     poll_interval: float = 2.0
     lease_ttl: timedelta = timedelta(minutes=2)
+    # For a data manager that stages (docs/rucio.md): the disk window and how long a staged copy may live.
+    staging_window: Window = field(default_factory=lambda: Window(max_files=1000, max_bytes=10 * 1000**4))
+    stage_lifetime: int = 7 * 86400
+    # At most this many jobs submitted or running at once (a campaign's limit), whatever the backend allows.
+    max_in_flight: int | None = None
+    # Delete what a finished task leaves in its work directory (but its logs) once its products are stored.
+    clean_workdirs: bool = False
 
 
 @dataclass
@@ -150,6 +160,14 @@ class Shepherd:
         self._renew_lease()
         self.observe(report)
         self.plan(report)
+        if self.data.stages:
+            Stager(
+                self.catalog,
+                self.data,
+                self.production.name,
+                self.options.staging_window,
+                self.options.stage_lifetime,
+            ).run()
         if submit:
             self.act(report)
         if self.on_pass is not None:
@@ -233,6 +251,7 @@ class Shepherd:
                     self.production.parameters,
                 )
                 new_files = [self._store_output(task, output) for output in outputs]
+                new_files = self.data.register(new_files, self.production.name)
             except (OutputCheckFailed, BadInput) as exc:
                 self._fail(task, "output", 0, str(exc), status, report)
                 continue
@@ -242,9 +261,12 @@ class Shepherd:
             provenance = self._provenance(task, transformation, inputs[task.task_id], status, 0)
             completions.append(Completion(task.task_id, new_files, provenance))
         self.catalog.complete_many(completions)
+        workdirs = {task.task_id: task.workdir for task, _ in succeeded}
         for completion in completions:
             self._inputs.pop(completion.task_id, None)
             event(log, "task_done", task=completion.task_id, outputs=len(completion.outputs))
+            if self.options.clean_workdirs and workdirs[completion.task_id]:
+                clear_workdir(Path(workdirs[completion.task_id] or ""))
         report.finished += len(completions)
 
     def _inputs_of(self, task_ids: Sequence[str]) -> dict[str, list[CatalogFile]]:
@@ -260,6 +282,8 @@ class Shepherd:
         size = produced.stat().st_size
         if size == 0:
             raise OutputCheckFailed(f"output {output.name}: {produced} is empty")
+        if output.verify is not None:
+            verify_product(output.verify, produced, output.name)
         checksum = adler32(produced)
         metadata = {**self._measured(task, output), **output.metadata}
         replica = self.data.store(produced, output.lfn)
@@ -427,6 +451,8 @@ class Shepherd:
         outcome = plan_groups(self.production.name, transformation, candidates, flush)
         new_cursor = max([cursor, newest, *(f.id for f in new)])
         initial = TaskState.CREATED if transformation.input.needs else TaskState.READY
+        if initial == TaskState.READY and self.data.stages:
+            initial = TaskState.STAGING  # ready once its inputs are online (services.staging)
         created = self.catalog.record_plan(
             self.production.name, tid, outcome.tasks, outcome.pending, new_cursor, initial
         )
@@ -444,6 +470,10 @@ class Shepherd:
     # ------------------------------------------------------------------ act
     def act(self, report: PassReport) -> None:
         slots = self.backend.free_slots()
+        if self.options.max_in_flight is not None:
+            counts = self.catalog.task_counts(self.production.name, ACTIVE)
+            in_flight = sum(n for states in counts.values() for n in states.values())
+            slots = min(slots, self.options.max_in_flight - in_flight)
         if slots <= 0:
             return
         ready = self.catalog.tasks(self.production.name, states=[TaskState.READY], limit=slots)
@@ -494,6 +524,9 @@ class Shepherd:
             stderr=workdir / "stderr.log",
             resources=rendered.resources,
             name=f"{self.production.name}.{transformation.name}",
+            software=transformation.step.pins,
+            container=transformation.step.container,
+            input_lfns=[f.lfn for f in inputs],
         )
 
     def _render(
@@ -552,10 +585,12 @@ class Shepherd:
     def _software_versions(self, transformation: Transformation) -> dict[str, str]:
         if transformation.name not in self._software:
             versions = {"osa-grid": __version__, "python": platform.python_version()}
-            for distribution in transformation.step.software:
+            for distribution in transformation.step.distributions:
                 try:
                     versions[distribution] = version(distribution)
                 except PackageNotFoundError:
                     versions[distribution] = "not installed"
+            if transformation.step.container is not None:
+                versions["container"] = transformation.step.container
             self._software[transformation.name] = versions
         return self._software[transformation.name]

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from osa_grid.site import showers
+from osa_grid.steps.lstchain import r0_file_name, run_summary_name
 
 DataMode = Literal["pe", "raw"]
 RunType = Literal["DRS4", "PEDCALIB", "DATA"]
@@ -84,8 +85,9 @@ class RunPlan:
         return timedelta(seconds=self.n_subruns * self.subrun_seconds)
 
     @property
-    def evb_preprocessing(self) -> str:
-        return "PE_CALIBRATION" if self.data_mode == "pe" else "NONE"
+    def evb_preprocessing(self) -> int:
+        """The RunSummary value, as lstchain writes it: the event builder's flags for shower events."""
+        return PE_MODE_ACTIONS if self.run_type == "DATA" and self.data_mode == "pe" else 0
 
 
 @dataclass(frozen=True)
@@ -154,16 +156,8 @@ def plan_night(
     return NightPlan(night, tuple(runs), source or Source(*CRAB), gamma_fraction, seed)
 
 
-def r0_name(stream: int, run_id: int, subrun_id: int) -> str:
-    return f"LST-1.{stream}.Run{run_id:05d}.{subrun_id:04d}.fits.fz"
-
-
 def drive_log_name(night: date) -> str:
     return f"DrivePosition_log_{night:%Y%m%d}.txt"
-
-
-def run_summary_name(night: date) -> str:
-    return f"RunSummary_{night:%Y%m%d}.ecsv"
 
 
 def run_catalog_name(night: date) -> str:
@@ -247,7 +241,7 @@ def write_run_summary(path: Path, plan: NightPlan) -> None:
             "n_subruns": np.array([r.n_subruns for r in runs], dtype=np.int64),
             "run_type": [r.run_type for r in runs],
             "data_format": ["CTA-R1"] * len(runs),
-            "evb_preprocessing": [r.evb_preprocessing for r in runs],
+            "evb_preprocessing": np.array([r.evb_preprocessing for r in runs], dtype=np.int64),
             "ucts_timestamp": np.full(len(runs), -1, dtype=np.int64),
             "run_start": np.array([int(r.start.timestamp() * 1e9) for r in runs], dtype=np.int64),
             "dragon_reference_time": np.full(len(runs), -1, dtype=np.int64),
@@ -280,29 +274,6 @@ def write_run_catalog(path: Path, plan: NightPlan) -> None:
     table.meta["date"] = plan.night.isoformat()
     path.parent.mkdir(parents=True, exist_ok=True)
     table.write(path, format="ascii.ecsv", delimiter=",", overwrite=True)
-
-
-def read_run_summary(path: Path) -> list[dict[str, Any]]:
-    from astropy.table import Table
-
-    return [
-        {"run_id": int(row["run_id"]), "n_subruns": int(row["n_subruns"]), "run_type": str(row["run_type"])}
-        for row in Table.read(path, format="ascii.ecsv")
-    ]
-
-
-def read_run_catalog(path: Path) -> dict[int, dict[str, Any]]:
-    from astropy.table import Table
-
-    return {
-        int(row["run_id"]): {
-            "source": str(row["source_name"]),
-            "source_ra": float(row["source_ra"]),
-            "source_dec": float(row["source_dec"]),
-            "wobble": str(row["wobble"]),
-        }
-        for row in Table.read(path, format="ascii.ecsv")
-    }
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -430,7 +401,7 @@ def write_subrun(directory: Path, plan: NightPlan, run: RunPlan, subrun_id: int)
     counters = np.zeros(N_MODULES, dtype=DRAGON_COUNTERS_DTYPE).view(np.uint8)
     rows_per_tile = 50
     n_tiles = math.ceil(n / STREAMS / rows_per_tile) + 1
-    paths = [directory / r0_name(stream, run.run_id, subrun_id) for stream in range(1, STREAMS + 1)]
+    paths = [directory / r0_file_name(stream, run.run_id, subrun_id) for stream in range(1, STREAMS + 1)]
     clock = np.zeros(N_MODULES, dtype=np.uint64)
     with ExitStack() as stack:
         writers = []

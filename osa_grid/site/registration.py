@@ -17,6 +17,7 @@ from pathlib import Path
 
 from osa_grid.catalog.store import Catalog
 from osa_grid.core.metadata import MetaValue
+from osa_grid.core.runsummary import parse_run_catalog, parse_summary
 from osa_grid.errors import BadInput
 from osa_grid.services.files import register_paths
 from osa_grid.site import night as night_mod
@@ -48,31 +49,31 @@ def night_metadata(site: Path, night: date) -> tuple[dict[int, dict[str, MetaVal
     for key in ("run_summary", "drive_log"):
         if not where[key].is_file():
             raise BadInput(f"{where[key]}: no such file (is {site} the site root of night {night}?)")
-    runs = night_mod.read_run_summary(where["run_summary"])
-    catalog = night_mod.read_run_catalog(where["run_catalog"]) if where["run_catalog"].is_file() else {}
-    drs4 = [r["run_id"] for r in runs if r["run_type"] == "DRS4"]
-    pedcal = [r["run_id"] for r in runs if r["run_type"] == "PEDCALIB"]
-    data = [r for r in runs if r["run_type"] == "DATA"]
-    shared: dict[str, MetaValue] = {"data_level": "R0", "night": night, "n_data_runs": len(data)}
+    runs = parse_summary(where["run_summary"].read_text(), str(where["run_summary"])).runs
+    sources = (
+        parse_run_catalog(where["run_catalog"].read_text(), str(where["run_catalog"]))
+        if where["run_catalog"].is_file()
+        else {}
+    )
+    drs4 = [r.run_id for r in runs if r.run_type == "DRS4"]
+    pedcal = [r.run_id for r in runs if r.run_type == "PEDCALIB"]
+    shared: dict[str, MetaValue] = {
+        "data_level": "R0",
+        "night": night,
+        "n_data_runs": sum(1 for r in runs if r.run_type == "DATA"),
+    }
     if drs4 and pedcal:
         shared["drs4_run"], shared["pedcal_run"] = max(drs4), max(pedcal)
     per_run: dict[int, dict[str, MetaValue]] = {}
-    from astropy.table import Table
-
-    summary = Table.read(where["run_summary"], format="ascii.ecsv")
-    preprocessing = {
-        int(row["run_id"]): str(row["evb_preprocessing"]) if "evb_preprocessing" in row.colnames else "NONE"
-        for row in summary
-    }
     for run in runs:
         meta: dict[str, MetaValue] = {
-            "run_type": run["run_type"],
-            "n_subruns": run["n_subruns"],
-            "evb_preprocessing": preprocessing.get(run["run_id"], "NONE"),
+            "run_type": run.run_type,
+            "n_subruns": run.n_subruns,
+            "evb_preprocessing": run.evb_preprocessing,
         }
-        if run["run_type"] == "DATA" and run["run_id"] in catalog:
-            meta.update(catalog[run["run_id"]])
-        per_run[run["run_id"]] = meta
+        if run.run_type == "DATA" and run.run_id in sources:
+            meta.update(sources[run.run_id].metadata())
+        per_run[run.run_id] = meta
     return per_run, shared
 
 

@@ -5,8 +5,13 @@ is the YAML template, rendered by osa-grid and recorded in the provenance). A fe
 template cannot express; they run through this module, which builds the exact lstchain command with the
 pure functions below, runs it, and leaves the outputs where osa-grid expects them:
 
+    gain-selection  a raw sub-run (four streams) -> its gain-selected copy; data the event builder
+                  gain-selected already pass through unchanged (lstchain_r0_to_r0g refuses one-gain data)
+    run-summary   a night's R0 files -> the night's RunSummary (lstchain reads the whole R0 directory)
     calibration   PEDCALIB run + the night's DRS4 pedestal -> calibration file (lstchain's onsite
                   configuration found in the job's own lstchain installation)
+    check-dl1     DL1 sub-run files -> their datacheck file; a run's sub-run datacheck files -> the
+                  run-wise one (lstchain reads a file pattern and writes next to its first input)
     merge         a run's sub-run DL1 files -> one run-wise DL1 file (lstchain wants a directory)
     dl1-to-dl2    DL1 + the four model files -> DL2 (lstchain wants the models in one directory)
     dl3           DL2 + an IRF file -> DL3 (lstchain wants an IRF directory and a file pattern)
@@ -25,6 +30,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 # Python distributions whose versions go into the provenance of every lstchain step.
@@ -35,6 +41,9 @@ TOOLS = {
     "lstchain_create_drs4_pedestal_file": "lstchain.tools.lstchain_create_drs4_pedestal_file",
     "lstchain_create_calibration_file": "lstchain.tools.lstchain_create_calibration_file",
     "lstchain_create_run_summary": "lstchain.scripts.lstchain_create_run_summary",
+    "lstchain_r0_to_r0g": "lstchain.scripts.lstchain_r0_to_r0g",
+    "lstchain_dl1ab": "lstchain.scripts.lstchain_dl1ab",
+    "lstchain_check_dl1": "lstchain.scripts.lstchain_check_dl1",
     "lstchain_data_r0_to_dl1": "lstchain.scripts.lstchain_data_r0_to_dl1",
     "lstchain_merge_hdf5_files": "lstchain.scripts.lstchain_merge_hdf5_files",
     "lstchain_dl1_to_dl2": "lstchain.tools.lstchain_dl1_to_dl2",
@@ -87,6 +96,18 @@ def calibration_name(run_id: int) -> str:
     return f"calibration_filters_52.Run{run_id:05d}.0000.h5"
 
 
+def datacheck_dl1_subrun_name(run_id: int, subrun_id: int) -> str:
+    return f"datacheck_dl1_LST-1.Run{run_id:05d}.{subrun_id:04d}.h5"
+
+
+def datacheck_dl1_run_name(run_id: int) -> str:
+    return f"datacheck_dl1_LST-1.Run{run_id:05d}.h5"
+
+
+def run_summary_name(night: date) -> str:
+    return f"RunSummary_{night:%Y%m%d}.ecsv"
+
+
 def parse_r0_name(name: str) -> tuple[int, int, int]:
     """(stream, run_id, subrun_id) of an R0 file name; ValueError for anything else."""
     match = _R0.match(name)
@@ -101,11 +122,80 @@ def tool(python: str, name: str) -> list[str]:
     return [python, "-m", TOOLS[name]]
 
 
+def script(python: str, name: str) -> list[str]:
+    """The argv prefix for an lstchain script without a ``__main__`` guard (``python -m`` would run nothing:
+    lstchain_r0_to_r0g 0.12.3 exits 0 having written nothing): its ``main()`` is called."""
+    return [python, "-c", f"import sys; from {TOOLS[name]} import main; sys.exit(main())"]
+
+
 def drs4_pedestal_argv(python: str, r0_file: str, output: str, max_events: int | None = None) -> list[str]:
     argv = [*tool(python, "lstchain_create_drs4_pedestal_file"), f"--input={r0_file}", f"--output={output}"]
     if max_events is not None:
         argv.append(f"--max-events={max_events}")
     return [*argv, "--overwrite"]
+
+
+def r0_to_r0g_argv(python: str, r0_file: str, output_dir: str, log_file: str) -> list[str]:
+    """Gain selection of one sub-run: lstchain reads the four streams next to ``r0_file``."""
+    return [
+        *script(python, "lstchain_r0_to_r0g"),
+        f"--R0-file={r0_file}",
+        f"--output-dir={output_dir}",
+        f"--log={log_file}",
+    ]
+
+
+# lstchain 0.12.3 fills the counters of CTA R1 data (LST-1's format since 2024) with -1, which numpy 2 refuses
+# to put in the uint64 column dragon_reference_counter: the tool fails on every night. Its own module is run
+# with that one default set to 0 (what lstchain wrote with numpy 1: the counters are unused for R1 data).
+RUN_SUMMARY_NUMPY2_FIX = (
+    "import sys, lstchain.scripts.lstchain_create_run_summary as tool; "
+    "tool.COUNTER_DEFAULTS['dragon_reference_counter'] = 0; sys.exit(tool.main())"
+)
+
+
+def run_summary_argv(python: str, night: date, r0_root: str, output_dir: str) -> list[str]:
+    """The RunSummary of ``night`` from ``r0_root/YYYYMMDD``; run types come from the TCU database when
+    lstchain reaches it, else are guessed from the first 500 events of each run."""
+    return [
+        python,
+        "-c",
+        RUN_SUMMARY_NUMPY2_FIX,
+        f"--date={night:%Y%m%d}",
+        f"--r0-path={r0_root}",
+        f"--output-dir={output_dir}",
+        "--overwrite",
+    ]
+
+
+def dl1ab_argv(python: str, dl1: str, output: str, config: str, pedestal_cleaning: bool = False) -> list[str]:
+    """DL1a -> DL1b again with the analysis configuration's cleaning (images kept for the datacheck).
+
+    Pedestal cleaning is off by default: on data calibrated to p.e. by the event builder lstchain's
+    thresholds from the interleaved pedestals are not usable (docs/payload.md).
+    """
+    argv = [
+        *tool(python, "lstchain_dl1ab"),
+        f"--input-file={dl1}",
+        f"--output-file={output}",
+        f"--config={config}",
+    ]
+    return argv if pedestal_cleaning else [*argv, "--no-pedestal-cleaning"]
+
+
+def check_dl1_argv(python: str, input_pattern: str, output_dir: str) -> list[str]:
+    """lstchain_check_dl1 in batch mode without the PDF (the plots take over a minute): the HDF5 only.
+
+    One process: the step declares one core (lstchain would otherwise start four).
+    """
+    return [
+        *tool(python, "lstchain_check_dl1"),
+        f"--input-file={input_pattern}",
+        f"--output-dir={output_dir}",
+        "--max-cores=1",
+        "--batch",
+        "--omit-pdf",
+    ]
 
 
 def calibration_argv(
@@ -216,6 +306,64 @@ def onsite_calibration_config() -> str:
     return str(files("lstchain") / "data" / "onsite_camera_calibration_param.json")
 
 
+def gain_selection(args: argparse.Namespace) -> None:
+    """Raw two-gain data go through lstchain_r0_to_r0g; data the event builder gain-selected already are
+    linked (or copied) unchanged, so every data run has its R0G files whatever its mode."""
+    work = Path(args.workdir)
+    stream, run_id, subrun_id = parse_r0_name(Path(args.input).name)
+    if stream != 1:
+        raise SystemExit(f"gain-selection: give the stream-1 file of the sub-run, not {args.input}")
+    sources = [Path(args.input).parent / r0_file_name(s, run_id, subrun_id) for s in range(1, 5)]
+    targets = [work / source.name for source in sources]
+    if args.evb_preprocessing == "NONE":
+        log = work / f"R0_to_R0g_Run{run_id:05d}.{subrun_id:04d}.log"
+        _run(r0_to_r0g_argv(args.python, args.input, str(work), str(log)), work)
+    else:
+        print(f"run {run_id}: gain-selected by the event builder ({args.evb_preprocessing}): passed through")
+        for source, target in zip(sources, targets, strict=True):
+            _require(source, "R0 stream")
+            target.unlink(missing_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:  # another file system: a copy
+                shutil.copy2(source, target)
+    for target in targets:
+        _require(target, "gain-selected stream")
+
+
+def run_summary(args: argparse.Namespace) -> None:
+    """The night's RunSummary from the R0 directory holding ``inputs`` (``<r0 root>/YYYYMMDD/``)."""
+    directories = {Path(name).resolve().parent for name in args.inputs}
+    if len(directories) != 1:
+        raise SystemExit(f"run-summary: the R0 files are in {len(directories)} directories, expected one")
+    (night_dir,) = directories
+    night = date(int(night_dir.name[:4]), int(night_dir.name[4:6]), int(night_dir.name[6:8]))
+    work = Path(args.workdir)
+    _run(run_summary_argv(args.python, night, str(night_dir.parent), str(work)), work)
+    _require(work / run_summary_name(night), "RunSummary")
+
+
+def check_dl1(args: argparse.Namespace) -> None:
+    """One DL1 file -> its sub-run datacheck; several sub-run datacheck files -> the run's datacheck."""
+    work = Path(args.workdir)
+    if len(args.inputs) == 1 and Path(args.inputs[0]).name.startswith("dl1_"):
+        _run(check_dl1_argv(args.python, args.inputs[0], str(work)), work)
+        _require(Path(args.output), "DL1 datacheck")
+        return
+    names = [Path(name).name for name in args.inputs]
+    if not all(name.startswith("datacheck_dl1_") for name in names):
+        raise SystemExit("check-dl1: expected one DL1 file or a run's datacheck_dl1_* sub-run files")
+    if len(args.inputs) == 1:
+        # lstchain merges only two files or more; a one-sub-run run's datacheck is its sub-run's.
+        shutil.copy2(args.inputs[0], args.output)
+    else:
+        # lstchain writes the merged file next to the first input: links in a directory of our own.
+        inputs = _link_into(work / "inputs", args.inputs)
+        _run(check_dl1_argv(args.python, str(inputs / "datacheck_dl1_*.h5"), str(work)), work)
+        shutil.move(inputs / Path(args.output).name, args.output)
+    _require(Path(args.output), "run-wise DL1 datacheck")
+
+
 def calibration(args: argparse.Namespace) -> None:
     work = Path(args.workdir)
     config = args.config or onsite_calibration_config()
@@ -273,6 +421,22 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--python", default=sys.executable, help="interpreter that runs the lstchain tools")
     top.add_argument("--workdir", default=".", help="the task's work directory")
     sub = top.add_subparsers(dest="command", required=True)
+
+    gain = sub.add_parser("gain-selection", help="raw sub-run -> gain-selected (written in --workdir)")
+    gain.add_argument(
+        "--evb-preprocessing", required=True, help="the run's RunSummary value: NONE = raw two-gain data"
+    )
+    gain.add_argument("input", help="the sub-run's stream-1 R0 file (the other streams are next to it)")
+    gain.set_defaults(func=gain_selection)
+
+    summary = sub.add_parser("run-summary", help="a night's R0 files -> its RunSummary (in --workdir)")
+    summary.add_argument("inputs", nargs="+", help="R0 files of the night (their directory is read)")
+    summary.set_defaults(func=run_summary)
+
+    check = sub.add_parser("check-dl1", help="DL1 -> datacheck; sub-run datachecks -> the run's")
+    check.add_argument("--output", required=True, help="the datacheck file lstchain writes")
+    check.add_argument("inputs", nargs="+")
+    check.set_defaults(func=check_dl1)
 
     calib = sub.add_parser("calibration", help="PEDCALIB run + DRS4 pedestal -> calibration file")
     calib.add_argument("--drs4", required=True, help="the night's DRS4 pedestal file")

@@ -144,3 +144,77 @@ def test_a_second_run_does_nothing_again(site: Site) -> None:
     assert "nothing left to do" in done.stdout
     with site.catalog() as db:
         assert db.execute("select count(*) from provenance").fetchone()[0] == before
+
+
+def test_nightly_shepherd_runs_the_lstchain_chain(site: Site) -> None:
+    """`osa-grid nightly run` on a synthetic night whose site lost its RunSummary: lstchain remakes it from
+    the R0 files, then the night goes through lst_nightly.yaml (gain selection of the raw run, calibration,
+    R0 -> DL1, DL1ab, datachecks, merge, DL2) to a closed night. Other run numbers than the night above:
+    the nightly production selects raw files by run."""
+    base = site.root / "nightsite"
+    site.run(
+        "site", "simulate-night", str(base), "--date", "2025-11-21", "--run", "1811", "--run", "1812",
+        "--subruns", "1", "--events", "60", "--calibration-events", "500", "--raw-run", "1812",
+    )  # fmt: skip
+    summary = base / "monitoring" / "RunSummary" / "RunSummary_20251121.ecsv"
+    summary.unlink()
+
+    # The RunSummary from the R0 files (in a catalog of its own: lst-run-summary takes every night's R0).
+    maker = Site(site.root / "runsummary")
+    maker.root.mkdir()
+    firsts = sorted(str(p) for p in (base / "R0" / "20251121").glob("LST-1.1.Run*.0000.fits.fz"))
+    maker.run(
+        "files", "register", *firsts, "--pattern", "LST-1.{stream:d}.Run{run_id:d}.{subrun_id:d}.fits.fz",
+        "--meta", "data_level=R0", "--meta", "night=2025-11-21", "--lfn-prefix", "R0/20251121",
+    )  # fmt: skip
+    maker.run("production", "run", str(ROOT / "workflows" / "lst_run_summary.yaml"), "--no-live")
+    made = maker.home / "data" / "lst-run-summary" / "monitoring" / "RunSummary" / "RunSummary_20251121.ecsv"
+    summary.write_text(made.read_text())
+    from osa_grid.core.runsummary import parse_summary
+
+    runs = parse_summary(summary.read_text(), str(summary)).runs
+    assert [(r.run_id, r.n_subruns, r.run_type, r.evb_preprocessing) for r in runs] == [
+        (1809, 1, "DRS4", "NONE"),
+        (1810, 1, "PEDCALIB", "NONE"),
+        (1811, 1, "DATA", "PE_CALIBRATION"),  # lstchain writes the event builder's flags: 99
+        (1812, 1, "DATA", "NONE"),
+    ]
+
+    workflow = site.root / "lst_nightly_small.yaml"
+    text = (ROOT / "workflows" / "lst_nightly.yaml").read_text()
+    workflow.write_text(text.replace("calibration_sample_size: 2500", "calibration_sample_size: 25"))
+    nightly = ["--date", "2025-11-21", "--base-dir", str(base), "--workflow", str(workflow)]
+    done = site.run("nightly", "run", *nightly, "--poll", "0.5", timeout=900)
+    assert "is closed" in done.stdout, done.stdout
+    status = json.loads(site.run("nightly", "status", *nightly, "--json").stdout)
+    rows = {row["run_id"]: row for row in status["sequences"]}
+    assert {run: row["state"] for run, row in rows.items()} == {1810: "COMPLETED", 1811: "COMPLETED",
+                                                                 1812: "COMPLETED"}  # fmt: skip
+    assert rows[1811]["source"] == rows[1812]["source"] == "Crab"
+    for run in (1811, 1812):
+        assert rows[run]["progress"] == {"CALIB%": 0.0, "DL1%": 100.0, "DL1AB%": 100.0, "DATACHECK%": 100.0,
+                                         "DL2%": 100.0}  # fmt: skip
+    night = "20251121"
+    expected = [
+        *(f"R0G/{night}/LST-1.{s}.Run01812.0000.fits.fz" for s in range(1, 5)),  # the raw run only
+        f"calibration/{night}/v0.1/drs4_pedestal.Run01809.0000.h5",
+        f"calibration/{night}/v0.1/calibration_filters_52.Run01810.0000.h5",
+        *(f"DL1/{night}/v0.1/dl1_LST-1.Run0{r}.0000.h5" for r in (1811, 1812)),
+        *(f"DL1/{night}/v0.1/tailcut84/dl1_LST-1.Run0{r}.0000.h5" for r in (1811, 1812)),
+        *(f"DL1/{night}/v0.1/tailcut84/dl1_LST-1.Run0{r}.h5" for r in (1811, 1812)),
+        *(f"DL1/{night}/v0.1/tailcut84/datacheck/datacheck_dl1_LST-1.Run0{r}.0000.h5" for r in (1811, 1812)),
+        *(f"DL1/{night}/v0.1/tailcut84/datacheck/datacheck_dl1_LST-1.Run0{r}.h5" for r in (1811, 1812)),
+        *(f"DL2/{night}/v0.1/dl2_LST-1.Run0{r}.h5" for r in (1811, 1812)),
+        *(f"web/datacheck/{night}/v0.1/datacheck_dl1_LST-1.Run0{r}.h5" for r in (1811, 1812)),
+        f"running_analysis/{night}/v0.1/NightFinished.txt",
+    ]
+    assert [p for p in expected if not (base / p).is_file()] == []
+    assert not (base / "R0G" / night / "LST-1.1.Run01811.0000.fits.fz").exists()
+    page = (base / "web" / "nightly" / f"{night}.html").read_text()
+    assert page.count('data-state="COMPLETED"') == 3 and page.count("<td>Crab</td>") == 2
+    import tables
+
+    with tables.open_file(
+        base / f"DL1/{night}/v0.1/tailcut84/datacheck/datacheck_dl1_LST-1.Run01812.h5"
+    ) as f:
+        assert f.root.dl1datacheck.cosmics.nrows >= 1

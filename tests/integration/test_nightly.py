@@ -235,3 +235,62 @@ def test_calibration_from_an_earlier_night_and_simulate(tmp_path: Path) -> None:
     result = site.nightly("run", "--poll", "0.2")
     assert result.returncode == 0, result.stderr
     assert set(site.states().values()) == {"COMPLETED"}
+
+
+def test_web_serves_the_nights_pages_live_and_read_only(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from .browser import run as chromium_run
+
+    site = Site(tmp_path)
+    full_night(site)
+    catalog = site.base / "monitoring" / "RunCatalog" / f"RunCatalog_{NIGHT_DIR}.ecsv"
+    catalog.parent.mkdir(parents=True)
+    catalog.write_text(
+        "# %ECSV 1.0\n# ---\n# delimiter: ','\n# schema: astropy-2.0\n"
+        "run_id,source_name,source_ra,source_dec,wobble\n"
+        "1807,Crab,83.6329,22.0145,W1\n1808,Mrk 421,166.1138,38.2088,W2\n"
+    )
+    result = site.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0, result.stderr
+    (site.base / "web" / "secret.txt").write_text("published")
+    command = [*OSA_GRID, "web", "--port", "0", "--refresh", "5", "--workflow", str(site.workflow)]
+    server = subprocess.Popen(
+        command, env=site.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        line = server.stdout.readline()
+        assert "serving the nightly pages on http://127.0.0.1:" in line, line + server.stderr.read()
+        url = line.rsplit(" ", 1)[1].strip()
+
+        def get(path: str, method: str = "GET") -> tuple[int, str]:
+            request = urllib.request.Request(url + path.lstrip("/"), method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    return answer.status, answer.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        status, index = get("/")
+        assert status == 200 and f'href="/nightly/{NIGHT}"' in index
+        status, page = get(f"/nightly/{NIGHT}")
+        assert status == 200 and '<meta http-equiv="refresh" content="5">' in page
+        assert page.count('data-state="COMPLETED"') == 4 and "(closed)" in page
+        assert "<td>Crab</td>" in page and "<td>Mrk 421</td>" in page
+        assert get("/web/secret.txt") == (200, "published")
+        assert get("/web/../monitoring/RunCatalog/" + catalog.name)[0] == 404
+        assert get("/nightly/2026-11-20")[0] == 404  # no run summary for that night: a page saying so
+        assert get(f"/nightly/{NIGHT}", method="POST")[0] == 405
+        # Pages are made at each request, nothing regenerated: what the site knows now is shown.
+        catalog.write_text(catalog.read_text() + "1809,Mrk 501,253.4676,39.7602,W1\n")
+        status, page = get(f"/nightly/{NIGHT}")
+        assert status == 200 and "<td>Mrk 501</td>" in page
+        # And a real browser renders the served page (skipped without chromium, after the HTTP checks).
+        dom = chromium_run("--dump-dom", f"{url}nightly/{NIGHT}")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        assert dom.stdout.count("<tr data-run=") == 4 and "<td>Mrk 501</td>" in dom.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -6,6 +6,7 @@ No lstchain needed: these check what osa-grid would run, not the run itself (tes
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -407,3 +408,194 @@ def test_dl3_index_links_then_removes_the_inputs(tmp_path: Path) -> None:
         steps.main(["--python", str(fake_python), "--workdir", str(work), "dl3-index", str(dl3)])
     assert stopped.value.code == 4
     assert list(work.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------- gain selection,
+# RunSummary, DL1ab, DL1 datacheck (and the nightly workflow that chains them)
+@pytest.fixture(scope="module")
+def nightly() -> Any:
+    from osa_grid.services.productions import load_nightly_workflow
+
+    return load_nightly_workflow(ROOT / "workflows" / "lst_nightly.yaml")
+
+
+def nightly_task(workflow: Any, name: str, inputs: list[FileRecord], paths: list[str], **needs: str) -> Any:
+    from osa_grid.core.nightly import parameters
+
+    t = next(t for t in workflow.transformations if t.name == name)
+    params = parameters(workflow, NIGHT)
+    return render_task(
+        "lst-nightly-20251120", t, "tid", inputs, paths, WORK, 1, t.step.resources, PY, needs, params
+    )
+
+
+def test_new_tool_builders() -> None:
+    assert steps.r0_to_r0g_argv(PY, "/r0/LST-1.1.Run01808.0001.fits.fz", "/w", "/w/r0g.log") == [
+        PY,
+        "-c",
+        "import sys; from lstchain.scripts.lstchain_r0_to_r0g import main; sys.exit(main())",
+        "--R0-file=/r0/LST-1.1.Run01808.0001.fits.fz",
+        "--output-dir=/w",
+        "--log=/w/r0g.log",
+    ]
+    assert steps.run_summary_argv(PY, NIGHT, "/site/R0", "/w") == [
+        PY,
+        "-c",
+        "import sys, lstchain.scripts.lstchain_create_run_summary as tool; "
+        "tool.COUNTER_DEFAULTS['dragon_reference_counter'] = 0; sys.exit(tool.main())",
+        "--date=20251120",
+        "--r0-path=/site/R0",
+        "--output-dir=/w",
+        "--overwrite",
+    ]
+    assert steps.dl1ab_argv(PY, "/d/dl1.h5", "/w/dl1.h5", "/c.json") == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_dl1ab",
+        "--input-file=/d/dl1.h5",
+        "--output-file=/w/dl1.h5",
+        "--config=/c.json",
+        "--no-pedestal-cleaning",
+    ]
+    assert (
+        steps.dl1ab_argv(PY, "/d/dl1.h5", "/w/dl1.h5", "/c.json", pedestal_cleaning=True)[-1]
+        == "--config=/c.json"
+    )
+    assert steps.check_dl1_argv(PY, "/w/inputs/datacheck_dl1_*.h5", "/w") == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_check_dl1",
+        "--input-file=/w/inputs/datacheck_dl1_*.h5",
+        "--output-dir=/w",
+        "--max-cores=1",
+        "--batch",
+        "--omit-pdf",
+    ]
+    assert steps.datacheck_dl1_subrun_name(1807, 3) == "datacheck_dl1_LST-1.Run01807.0003.h5"
+    assert steps.datacheck_dl1_run_name(1807) == "datacheck_dl1_LST-1.Run01807.h5"
+    assert steps.run_summary_name(NIGHT) == "RunSummary_20251120.ecsv"
+
+
+def test_run_summary_transformation() -> None:
+    production = load_production(ROOT / "workflows" / "lst_run_summary.yaml")
+    t = production.transformation("run_summary")
+    meta: dict[str, Any] = {"data_level": "R0", "night": NIGHT, "stream": 1, "subrun_id": 0}
+    files = [FileRecord(i, f"R0/20251120/LST-1.1.Run0{r}.0000.fits.fz", {**meta, "run_id": r}) for i, r in
+             enumerate((1805, 1807))]  # fmt: skip
+    task = render_task("lst-run-summary", t, "tid", files, ["/s/a.fits.fz", "/s/b.fits.fz"], WORK, 1,
+                       t.step.resources, PY, {})  # fmt: skip
+    assert task.argv == [PY, "-m", "osa_grid.steps.lstchain", f"--workdir={WORK}", "run-summary",
+                         "/s/a.fits.fz", "/s/b.fits.fz"]  # fmt: skip
+    (summary,) = task.outputs
+    assert summary.lfn == "lst-run-summary/monitoring/RunSummary/RunSummary_20251120.ecsv"
+    assert summary.metadata["data_level"] == "RUN_SUMMARY" and summary.metadata["night"] == NIGHT
+    assert "run_id" not in summary.metadata
+
+
+def test_nightly_gain_selection_and_dl1(nightly: Any) -> None:
+    raw = [r0(1808, 1, evb_preprocessing="NONE")]
+    gain = nightly_task(nightly, "gain_selection", raw, ["/site/R0/20251120/LST-1.1.Run01808.0001.fits.fz"])
+    assert gain.argv == [
+        PY,
+        "-m",
+        "osa_grid.steps.lstchain",
+        f"--workdir={WORK}",
+        "gain-selection",
+        "--evb-preprocessing=NONE",
+        "/site/R0/20251120/LST-1.1.Run01808.0001.fits.fz",
+    ]
+    assert [o.lfn for o in gain.outputs] == [
+        f"R0G/20251120/LST-1.{s}.Run01808.0001.fits.fz" for s in range(1, 5)
+    ]
+    assert [(o.metadata["data_level"], o.metadata["stream"]) for o in gain.outputs] == [
+        ("R0G", s) for s in range(1, 5)
+    ]
+    assert gain.outputs[0].metadata["source"] == "Crab" and gain.outputs[0].metadata["drs4_run"] == 1805
+    r0g = [FileRecord(5, gain.outputs[0].lfn, dict(gain.outputs[0].metadata))]
+    needs = {"drive_log": "/d.txt", "run_summary": "/r.ecsv", "config": "/c.json", "drs4": "/p.h5",
+             "calibration": "/cal.h5"}  # fmt: skip
+    dl1 = nightly_task(nightly, "r0g_to_dl1", r0g, ["/site/R0G/LST-1.1.Run01808.0001.fits.fz"], **needs)
+    assert dl1.argv[3:] == [
+        "--input-file=/site/R0G/LST-1.1.Run01808.0001.fits.fz",
+        f"--output-dir={WORK}",
+        "--pointing-file=/d.txt",
+        "--run-summary-path=/r.ecsv",
+        "--config=/c.json",
+        "--pedestal-file=/p.h5",
+        "--calibration-file=/cal.h5",
+    ]
+    assert [o.lfn for o in dl1.outputs] == [
+        "DL1/20251120/v0.1/dl1_LST-1.Run01808.0001.h5",
+        "DL1/20251120/v0.1/muons/muons_LST-1.Run01808.0001.fits",
+    ]
+    a = [FileRecord(6, dl1.outputs[0].lfn, dict(dl1.outputs[0].metadata))]
+    dl1ab = nightly_task(nightly, "dl1ab", a, ["/s/dl1_LST-1.Run01808.0001.h5"], config="/c.json")
+    assert dl1ab.argv == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_dl1ab",
+        "--input-file=/s/dl1_LST-1.Run01808.0001.h5",
+        f"--output-file={WORK}/dl1_LST-1.Run01808.0001.h5",
+        "--config=/c.json",
+        "--no-pedestal-cleaning",
+    ]
+    assert dl1ab.outputs[0].lfn == "DL1/20251120/v0.1/tailcut84/dl1_LST-1.Run01808.0001.h5"
+    assert dl1ab.outputs[0].metadata["data_level"] == "DL1AB"
+    b = [FileRecord(7, dl1ab.outputs[0].lfn, dict(dl1ab.outputs[0].metadata))]
+    check = nightly_task(nightly, "datacheck_dl1", b, ["/s/dl1ab.h5"])
+    assert check.argv == [
+        PY,
+        "-m",
+        "osa_grid.steps.lstchain",
+        f"--workdir={WORK}",
+        "check-dl1",
+        f"--output={WORK}/datacheck_dl1_LST-1.Run01808.0001.h5",
+        "/s/dl1ab.h5",
+    ]
+    assert (
+        check.outputs[0].lfn == "DL1/20251120/v0.1/tailcut84/datacheck/datacheck_dl1_LST-1.Run01808.0001.h5"
+    )
+    subruns = [FileRecord(8 + i, f"x{i}", {**check.outputs[0].metadata, "subrun_id": i}) for i in range(3)]
+    run = nightly_task(nightly, "datacheck_dl1_run", subruns, ["/s/a.h5", "/s/b.h5", "/s/c.h5"])
+    assert run.argv[4:] == ["check-dl1", f"--output={WORK}/datacheck_dl1_LST-1.Run01808.h5", "/s/a.h5",
+                            "/s/b.h5", "/s/c.h5"]  # fmt: skip
+    assert run.outputs[0].metadata["data_level"] == "DATACHECK_DL1_RUN"
+    for name in ("gain_selection", "dl1ab", "datacheck_dl1", "datacheck_dl1_run"):
+        t = next(t for t in nightly.transformations if t.name == name)
+        assert set(steps.SOFTWARE) <= set(t.step.software) and t.step.resources.memory_gb <= 1.5
+
+
+def test_nightly_routes_each_run_by_its_event_builder_mode(nightly: Any) -> None:
+    from osa_grid.core import query as querylang
+
+    def takers(metadata: Mapping[str, Any]) -> set[str]:
+        return {
+            t.name
+            for t in nightly.transformations
+            if querylang.evaluate(querylang.parse(t.input.query), metadata)
+        }
+
+    assert takers(r0(1807, 0).metadata) == {"r0_to_dl1"}  # calibrated to p.e. by the event builder
+    assert takers(r0(1808, 0, evb_preprocessing="NONE").metadata) == {"gain_selection"}
+    assert takers(r0(1809, 0, evb_preprocessing="GAIN_SELECTION").metadata) == {"gain_selection"}
+
+
+def test_gain_selection_passes_gain_selected_data_through(tmp_path: Path) -> None:
+    r0_dir = tmp_path / "R0"
+    r0_dir.mkdir()
+    for stream in range(1, 5):
+        (r0_dir / steps.r0_file_name(stream, 1809, 2)).write_bytes(b"stream %d" % stream)
+    work = tmp_path / "work"
+    work.mkdir()
+    first = r0_dir / steps.r0_file_name(1, 1809, 2)
+    # A failing interpreter: lstchain must not be run on data gain-selected already.
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/sh\nexit 4\n")
+    fake_python.chmod(0o755)
+    argv = ["--python", str(fake_python), "--workdir", str(work), "gain-selection"]
+    steps.main([*argv, "--evb-preprocessing=GAIN_SELECTION", str(first)])
+    assert sorted(p.name for p in work.iterdir()) == [steps.r0_file_name(s, 1809, 2) for s in range(1, 5)]
+    assert (work / steps.r0_file_name(3, 1809, 2)).read_bytes() == b"stream 3"
+    with pytest.raises(SystemExit) as stopped:
+        steps.main([*argv, "--evb-preprocessing=NONE", str(first)])
+    assert stopped.value.code == 4

@@ -6,7 +6,16 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from osa_grid.core.runsummary import NightRuns, RunInfo, parse_night_summary, parse_run_summary, parse_summary
+from osa_grid.core.runsummary import (
+    NightRuns,
+    RunInfo,
+    RunSource,
+    evb_preprocessing_label,
+    parse_night_summary,
+    parse_run_catalog,
+    parse_run_summary,
+    parse_summary,
+)
 from osa_grid.core.sequences import NoCalibration, plan_night
 from osa_grid.errors import BadInput
 
@@ -67,7 +76,39 @@ def test_the_older_run_summary_is_read_and_other_types_ignored() -> None:
 
 def test_the_newer_run_summary_with_quoted_columns() -> None:
     runs = parse_summary(NEW_ECSV, "RunSummary_20231114.ecsv")
-    assert runs.runs == (RunInfo(2001, 2, "DATA", datetime.fromtimestamp(1.7e9, tz=UTC)),)
+    start = datetime.fromtimestamp(1.7e9, tz=UTC)
+    assert runs.runs == (RunInfo(2001, 2, "DATA", start, evb_preprocessing="GAIN_SELECTION"),)
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("0", "NONE"),
+        ("1", "GAIN_SELECTION"),
+        ("99", "PE_CALIBRATION"),  # gain selection, baseline and pedestal subtraction, p.e. calibration
+        ("PE_CALIBRATION", "PE_CALIBRATION"),
+        ("['BASELINE', 'GAIN_SELECTION']", "GAIN_SELECTION"),
+        ("[]", "NONE"),
+        ("NONE", "NONE"),
+        ("-", "NONE"),  # lstchain's value when the run's first file is missing
+    ],
+)
+def test_event_builder_preprocessing_labels(text: str, label: str) -> None:
+    assert evb_preprocessing_label(text) == label
+
+
+def test_run_catalog() -> None:
+    text = (
+        "# %ECSV 1.0\n# ---\n# delimiter: ','\n# schema: astropy-2.0\n"
+        "run_id,source_name,source_ra,source_dec,wobble\n"
+        "1807,Crab,83.6329,22.0145,W1\n1808,Mrk 421,166.1,38.2,W2\n"
+    )
+    assert parse_run_catalog(text, "RunCatalog.ecsv") == {
+        1807: RunSource("Crab", 83.6329, 22.0145, "W1"),
+        1808: RunSource("Mrk 421", 166.1, 38.2, "W2"),
+    }
+    with pytest.raises(BadInput, match=r"RunCatalog\.ecsv:6: source_ra and source_dec must be numbers"):
+        parse_run_catalog(text.replace("83.6329", "east"), "RunCatalog.ecsv")
 
 
 def test_the_legacy_night_summary() -> None:

@@ -1,0 +1,147 @@
+"""``osa-grid web``: the nightly status pages served live from the state store, read-only, on localhost.
+
+Routes: ``/`` lists the nights the site has a run summary for (newest first); ``/nightly/YYYY-MM-DD`` is the
+night's page rendered from the catalog at each request (it reloads itself); ``/web/...`` serves the files
+published under ``<base>/web/`` (datacheck plots). Anything but GET and HEAD is refused.
+
+One request at a time (``HTTPServer``, not threading): the catalog connection is used by one thread only,
+and a status page for operators needs no more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import mimetypes
+import re
+from collections.abc import Callable
+from datetime import date
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+from osa_grid.catalog.store import Catalog
+from osa_grid.core.nightly import NightlyWorkflow
+from osa_grid.errors import BadInput, OsaGridError
+from osa_grid.logs import event, get_logger
+from osa_grid.services.nightly import Night
+
+log = get_logger("web")
+
+LOCALHOST = "127.0.0.1"
+_NIGHT_PAGE = re.compile(r"^/nightly/(\d{4}-\d{2}-\d{2})/?$")
+_SUMMARY = re.compile(r"^(?:RunSummary|NightSummary)_(\d{4})(\d{2})(\d{2})\.(?:ecsv|txt)$")
+
+
+class NightPages:
+    """What the server shows: pages of the nights of one site, processed by one nightly workflow."""
+
+    def __init__(self, workflow: NightlyWorkflow, base_dir: Path, catalog: Catalog, refresh: int) -> None:
+        self.workflow = workflow
+        self.base_dir = base_dir.resolve()
+        self.catalog = catalog
+        self.refresh = refresh
+
+    def nights(self) -> list[date]:
+        directory = self.base_dir / "monitoring" / "RunSummary"
+        found = set()
+        if directory.is_dir():
+            for path in directory.iterdir():
+                match = _SUMMARY.match(path.name)
+                if match:
+                    found.add(date(int(match[1]), int(match[2]), int(match[3])))
+        return sorted(found, reverse=True)
+
+    def index(self) -> str:
+        items = (
+            "\n".join(f'<li><a href="/nightly/{night}">{night}</a></li>' for night in self.nights())
+            or "<li>no night has a run summary yet</li>"
+        )
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="refresh" content="{self.refresh}"><title>osa-grid nights</title></head>\n'
+            f"<body><h1>Nights ({html.escape(self.workflow.name)})</h1>\n"
+            f'<ul id="nights">\n{items}\n</ul></body></html>\n'
+        )
+
+    def night_page(self, night: date) -> str:
+        if night not in self.nights():
+            raise BadInput(f"night {night}: the site has no run summary for it")
+        tonight = Night(self.workflow, night, self.base_dir, self.catalog)
+        web = self.base_dir / "web"
+        images = [
+            "/web/" + str(p.relative_to(web)) for p in tonight.datacheck_plots() if p.is_relative_to(web)
+        ]
+        return tonight.page(images, self.refresh)
+
+    def published(self, relative: str) -> Path | None:
+        """A file under ``<base>/web/``, or None (also for any path that would leave it)."""
+        web = (self.base_dir / "web").resolve()
+        target = (web / relative).resolve()
+        if not target.is_relative_to(web) or not target.is_file():
+            return None
+        return target
+
+
+def handler_for(pages: NightPages) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "osa-grid-web"
+
+        def do_GET(self) -> None:  # http.server's method naming
+            self._answer(head=False)
+
+        def do_HEAD(self) -> None:
+            self._answer(head=True)
+
+        def _refuse(self) -> None:
+            self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "read-only: GET and HEAD only")
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+        def _answer(self, head: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            try:
+                status, body, kind = self._route(path)
+            except OsaGridError as exc:  # e.g. a night without calibration: the page says why
+                status, kind = HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8"
+                body = f"{exc}\n".encode()
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _route(self, path: str) -> tuple[HTTPStatus, bytes, str]:
+            page = "text/html; charset=utf-8"
+            if path in ("/", "/index.html"):
+                return HTTPStatus.OK, pages.index().encode(), page
+            match = _NIGHT_PAGE.match(path)
+            if match:
+                try:
+                    night = date.fromisoformat(match[1])
+                except ValueError:
+                    return HTTPStatus.NOT_FOUND, b"no such date\n", "text/plain; charset=utf-8"
+                return HTTPStatus.OK, pages.night_page(night).encode(), page
+            if path.startswith("/web/"):
+                found = pages.published(path.removeprefix("/web/"))
+                if found is not None:
+                    kind = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
+                    return HTTPStatus.OK, found.read_bytes(), kind
+            return HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8"
+
+        def log_message(self, format: str, *args: object) -> None:
+            event(log, "http_request", client=self.client_address[0], request=format % args)
+
+    return Handler
+
+
+def serve(pages: NightPages, port: int, ready: Callable[[str], None] | None = None) -> None:
+    """Serve on 127.0.0.1 until interrupted; ``ready`` is told the URL once the socket listens."""
+    with HTTPServer((LOCALHOST, port), handler_for(pages)) as server:
+        url = f"http://{LOCALHOST}:{server.server_address[1]}/"
+        if ready is not None:
+            ready(url)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends serving, not with a traceback
+            server.serve_forever()

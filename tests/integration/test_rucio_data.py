@@ -1,0 +1,133 @@
+"""The Rucio data manager against a real Rucio server: raw data on tape, resolve, staging, release."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from osa_grid.data.checksums import adler32
+from osa_grid.data.rucio import RawFile, RucioStore, transfer
+from osa_grid.errors import DataServiceError
+from osa_grid.ports import StageState
+from osa_grid.steps.toy import make_inputs
+from tests.integration.rucio_server import daemon, ensure_server, token
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def rucio_config() -> Path:
+    return ensure_server()
+
+
+def make_store(rucio_config: Path, products: Path) -> RucioStore:
+    return RucioStore(products, "lst", "LST_TAPE", "LST_CACHE", "LST_DL3", ["DL3"], config=rucio_config)
+
+
+def raw_files(root: Path, tag: str, run: int, subruns: int) -> list[RawFile]:
+    paths = make_inputs(root, [run], subruns, 20)
+    return [
+        RawFile(
+            path,
+            f"{tag}/R0/20240115/{path.name}",
+            {
+                "data_level": "R0",
+                "night": "2024-01-15",
+                "run_id": run,
+                "subrun_id": index,
+                "n_subruns": subruns,
+                "run_type": "DATA",
+                "test_tag": tag,
+            },
+        )
+        for index, path in enumerate(paths)
+    ]
+
+
+def test_register_resolve_stage_transfer_release(rucio_config: Path, tmp_path: Path) -> None:
+    tag = token()
+    store = make_store(rucio_config, tmp_path / "products")
+    files = raw_files(tmp_path / "raw", tag, 1807, 4)
+    assert store.register_raw(files, "LST_TAPE", lambda f: f"{tag}_R0_20240115_Run01807") == 4
+    assert store.register_raw(files, "LST_TAPE", lambda f: f"{tag}_R0_20240115_Run01807") == 0
+
+    found = store.resolve(f"test_tag = {tag} and data_level = R0 and subrun_id >= 1")
+    assert [f.lfn for f in found] == sorted(f.lfn for f in files[1:])
+    first = found[0]
+    assert first.checksum == adler32(files[1].path)
+    assert first.metadata["run_id"] == 1807 and first.metadata["night"] == "2024-01-15"
+    assert [(r.store, r.state) for r in first.replicas] == [("LST_TAPE", "available")]
+    assert not store.online(first.replicas[0])  # on tape: a job cannot read it
+
+    # The official command line finds them by the CTAO keys.
+    listed = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rucio"),
+            "did",
+            "list",
+            "--short",
+            "--filter",
+            f"osa__test_tag={tag},instance__obs_id=1807",
+            "lst:*",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RUCIO_CONFIG": str(rucio_config)},
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.strip() for line in listed.stdout.split() if tag in line) == sorted(
+        f"lst:{f.lfn}" for f in files
+    )
+
+    wanted = [f.lfn for f in found[:2]]
+    rules = store.stage(wanted, lifetime=3600)
+    assert set(rules) == set(wanted)
+    assert store.stage(wanted, lifetime=3600) == rules  # asked again (a restart): the same rules
+    assert {s.state for s in store.stage_status(rules).values()} == {StageState.REQUESTED}
+
+    assert transfer(store, "LST_CACHE") >= 2
+    statuses = store.stage_status(rules)
+    assert {s.state for s in statuses.values()} == {StageState.ONLINE}
+    for lfn, status in statuses.items():
+        assert status.replica is not None and status.replica.store == "LST_CACHE"
+        path = store.locate(lfn, [status.replica])
+        source = next(f.path for f in files if f.lfn == lfn)
+        assert path.read_bytes() == source.read_bytes()
+
+    store.release(list(rules.values()))
+    daemon("judge-cleaner")
+    client = store.client()
+    from rucio.common.exception import RuleNotFound
+
+    for rule_id in rules.values():
+        with pytest.raises(RuleNotFound):
+            client.get_replication_rule(rule_id)
+
+
+def test_server_down_and_bad_credentials_are_clear(rucio_config: Path, tmp_path: Path) -> None:
+    down = RucioStore(
+        tmp_path,
+        "lst",
+        "LST_TAPE",
+        "LST_CACHE",
+        "LST_DL3",
+        ["DL3"],
+        config=rucio_config,
+        url="http://127.0.0.1:9",
+    )
+    with pytest.raises(DataServiceError, match=r"127\.0\.0\.1:9 .*unreachable"):
+        down.resolve("data_level = R0")
+    wrong = tmp_path / "wrong.cfg"
+    # Another account name: the client would otherwise reuse root's cached token whatever the password.
+    wrong.write_text(
+        rucio_config.read_text()
+        .replace("password = ", "password = wrong")
+        .replace("account = root", "account = nobody")
+    )
+    with pytest.raises(DataServiceError, match="refused our credentials"):
+        make_store(wrong, tmp_path).resolve("data_level = R0")
