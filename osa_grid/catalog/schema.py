@@ -167,7 +167,10 @@ tasks = sa.Table(
     sa.Column("resources", sa.JSON, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.Index("ix_tasks_production_state", "production", "state"),
+    # The per-pass counts of unfinished tasks read this index alone, however many tasks have finished.
+    sa.Index("ix_tasks_production_state_transformation", "production", "state", "transformation"),
+    # The ready queue in its ORDER BY order: the next N ready tasks without sorting all of them.
+    sa.Index("ix_tasks_ready_queue", "production", "state", "created_at", "task_id"),
     sa.Index("ix_tasks_production_transformation", "production", "transformation"),
 )
 
