@@ -27,7 +27,7 @@ from osa_grid.core import query as querylang
 from osa_grid.core import templates
 from osa_grid.core.metadata import MetaValue, check_metadata
 from osa_grid.core.models import Production, Resources, Transformation
-from osa_grid.core.planner import decide_retry, input_query, plan_groups, upstream_drained
+from osa_grid.core.planner import FileRecord, decide_retry, input_query, plan_groups, upstream_drained
 from osa_grid.core.rendering import RenderedOutput, RenderedTask, render_needs, render_outputs, render_task
 from osa_grid.core.staging import Window
 from osa_grid.core.states import ACTIVE, RUNNABLE, UNFINISHED, TaskState
@@ -41,6 +41,8 @@ from osa_grid.services.staging import Stager
 from osa_grid.system import identity_is_dead, process_identity
 
 log = get_logger("shepherd")
+# Files read, planned and recorded at once when a transformation has a backlog.
+PLAN_BATCH_FILES = 50_000
 
 
 @dataclass(frozen=True)
@@ -432,29 +434,51 @@ class Shepherd:
         waiting: dict[str, int],
         newest: int,
     ) -> int:
-        """Plan from the files registered since the transformation's cursor: a pass costs what is new."""
+        """Plan from the files registered since the transformation's cursor: a pass costs what is new.
+
+        A backlog (a campaign over years of data) is planned in batches, each recorded with the cursor in
+        its own transaction: memory stays bounded and a crash loses at most the batch being planned.
+        """
         tid, cursor = self.catalog.transformation_cursor(self.production.name, transformation.name)
-        new = []
-        if newest > cursor:
-            query = input_query(self.production.name, transformation)
-            new = self.catalog.query(query, after_id=cursor, up_to_id=newest)
         flush = self.options.flush or (
             self.options.auto_flush
             and transformation.grouping.flush_policy == "when_upstream_done"
             and upstream_drained(self._parents, transformation.name, unfinished, waiting)
         )
-        if not new and not (flush and waiting.get(transformation.name)):
+        query = input_query(self.production.name, transformation)
+        created = 0
+        while True:
+            new: list[FileRecord] = []
+            read_up_to = cursor
             if newest > cursor:
-                self.catalog.move_cursor(tid, newest)  # nothing new matched: never read those files again
-            return 0
-        candidates = self.catalog.pending_files(tid) + [f.record() for f in new]
+                new, read_up_to = self.catalog.planning_batch(query, cursor, newest, PLAN_BATCH_FILES)
+            # Flushing closes incomplete groups: only once every file up to ``newest`` has been read.
+            last_batch = read_up_to >= newest
+            if not new and not (last_batch and flush and waiting.get(transformation.name)):
+                if newest > cursor:
+                    self.catalog.move_cursor(tid, newest)  # nothing new matched: never read those files again
+                return created
+            created += self._record_batch(transformation, tid, new, read_up_to, flush and last_batch, waiting)
+            cursor = read_up_to
+            if last_batch:
+                return created
+
+    def _record_batch(
+        self,
+        transformation: Transformation,
+        transformation_id: int,
+        new: list[FileRecord],
+        cursor: int,
+        flush: bool,
+        waiting: dict[str, int],
+    ) -> int:
+        candidates = self.catalog.pending_files(transformation_id) + new
         outcome = plan_groups(self.production.name, transformation, candidates, flush)
-        new_cursor = max([cursor, newest, *(f.id for f in new)])
         initial = TaskState.CREATED if transformation.input.needs else TaskState.READY
         if initial == TaskState.READY and self.data.stages:
             initial = TaskState.STAGING  # ready once its inputs are online (services.staging)
         created = self.catalog.record_plan(
-            self.production.name, tid, outcome.tasks, outcome.pending, new_cursor, initial
+            self.production.name, transformation_id, outcome.tasks, outcome.pending, cursor, initial
         )
         waiting[transformation.name] = len(outcome.pending)
         if created:
