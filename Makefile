@@ -20,6 +20,7 @@ demo: setup
 services:
 	bash scripts/postgres/ensure.sh
 	bash scripts/browser/ensure.sh
+	bash scripts/faketime/ensure.sh
 	bash scripts/slurm/start.sh
 	bash scripts/rucio/start.sh
 	bash scripts/dirac/start.sh

@@ -420,16 +420,18 @@ def show(results: Sequence[Result]) -> None:
     )
 
 
-def rucio_hook(url: str) -> None:
+def rucio_hook(url: str, sizes: Sequence[int], repeat: int) -> None:
     """The comparison with Rucio's list_dids is the Rucio issue's: it plugs in bench/catalog_rucio.py."""
     try:
-        import catalog_rucio  # type: ignore[import-not-found]  # noqa: F401
+        import catalog_rucio
     except ImportError:
         console.print(
             f"--rucio {url}: bench/catalog_rucio.py is not there yet (the Rucio issue provides it: "
             "a RucioSide that fills a scope with the same history and answers QUERIES with list_dids)."
         )
         raise SystemExit(2) from None
+    config = os.environ.get("RUCIO_CONFIG")
+    catalog_rucio.compare(url, Path(config) if config else None, sizes, repeat)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -445,10 +447,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--rucio", metavar="URL", help="compare with a Rucio server (the Rucio issue's hook)")
     args = parser.parse_args(argv)
-    if args.rucio:
-        rucio_hook(args.rucio)
     sizes = [20_000] if args.quick else [int(x) for x in args.sizes.split(",")]
     repeat = 5 if args.quick else args.repeat
+    if args.rucio:
+        rucio_hook(args.rucio, sizes, repeat)
+        return
     kinds = [k.strip() for k in args.databases.split(",")]
     results = [bench(kind, size, repeat, args.keep, not args.no_analyze) for kind in kinds for size in sizes]
     show(results)

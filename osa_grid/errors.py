@@ -74,12 +74,20 @@ class DataServiceError(OsaGridError):
     """The data management service (Rucio) is down, refuses our credentials, or answers with an error."""
 
 
+class DataServiceUnavailable(DataServiceError):
+    """The data management service does not answer now (down, restarting); trying later may succeed."""
+
+
 class BackendError(OsaGridError):
     """A backend could not submit, poll or cancel."""
 
 
 class BackendUnavailable(BackendError):
     """The batch system or grid service does not answer now (e.g. restarting); trying later may succeed."""
+
+
+class BackendNotReached(BackendUnavailable):
+    """The request never reached the service (connection refused, no client): sending it again is safe."""
 
 
 class InvalidTransition(OsaGridError):

@@ -27,16 +27,26 @@ def process_identity(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid}:{process_start_ticks(pid)}"
 
 
-def identity_is_dead(identity: str) -> bool:
-    """True only when the identity names a process on this host that no longer exists."""
+def _local_process(identity: str) -> tuple[int, str] | None:
+    """(pid, start ticks) of an identity of this host; None for another host or a malformed identity."""
     try:
         host, pid_text, ticks_text = identity.rsplit(":", 2)
         pid = int(pid_text)
     except ValueError:
-        return False
-    if host != socket.gethostname():
-        return False
-    return str(process_start_ticks(pid)) != ticks_text
+        return None
+    return (pid, ticks_text) if host == socket.gethostname() else None
+
+
+def identity_is_dead(identity: str) -> bool:
+    """True only when the identity names a process on this host that no longer exists."""
+    local = _local_process(identity)
+    return local is not None and str(process_start_ticks(local[0])) != local[1]
+
+
+def identity_is_alive(identity: str) -> bool:
+    """True only when the identity names a process on this host that still runs (not a recycled pid)."""
+    local = _local_process(identity)
+    return local is not None and str(process_start_ticks(local[0])) == local[1]
 
 
 def total_memory_gb() -> float | None:

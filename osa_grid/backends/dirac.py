@@ -10,12 +10,14 @@ JDL back, so the description lives where the backend and the site reach it (this
 Identity and restart safety: before submitting, the backend writes ``pending/<task id>.json`` (the description
 and its JobGroup); after DiracX answers, ``jobs/<job id>.json``. The pending file stays until the shepherd
 shows it recorded the job id (it polls or cancels it). ``adopt`` looks only at pending tasks: it searches
-their JobGroups for their JobNames, and a job without a ``jobs/`` description is the one a crash left
-unrecorded (every earlier attempt has its description). Submitted in batches of ``batch_size`` (at most 20).
+their JobGroups for their JobNames. The job a crash left unrecorded has no ``jobs/`` description (DiracX had
+not answered) or one with the pending file's batch token (the catalog had not recorded it); an earlier attempt
+has a description with another token. Submitted in batches of ``batch_size`` (at most 20).
 
 Status: one search per JobGroup per poll, at most every ``poll_seconds``. A server that does not answer (a
 restart) changes nothing: poll returns what it knew; a submission that could not reach the server comes back
-as LOST (submitted again later, not counted as a failure). Final jobs' logs come from their output sandbox.
+as LOST (submitted again later, not counted as a failure); one warning says it is down, one that it is back.
+Final jobs' logs come from their output sandbox.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from osa_grid.backends.detached import DetachedJobs
 from osa_grid.backends.dirac_client import DiracSession
 from osa_grid.backends.dirac_jdl import (
     FINAL_STATES,
@@ -44,16 +47,18 @@ from osa_grid.backends.dirac_jdl import (
 )
 from osa_grid.backends.slurm_runner import Element
 from osa_grid.config import Settings
-from osa_grid.errors import BackendError, BackendUnavailable, BadInput
+from osa_grid.errors import BackendError, BackendNotReached, BackendUnavailable, BadInput
 from osa_grid.logs import event, get_logger
 from osa_grid.ports import Capabilities, JobSpec, JobState, JobStatus
 
 log = get_logger("dirac")
 
-MAX_WAIT_SECONDS = 60.0
 # DiracX 0.7 refuses bulk submissions of more than 20 jobs.
 MAX_BATCH = 20
 KEEP_FILES = timedelta(days=14)
+# While DiracX does not answer: one warning when it goes, a reminder this often, one when it is back
+# (a shepherd passes every few seconds; a line per pass would bury the message).
+DOWN_REMINDER_SECONDS = 60.0
 DESCRIPTION_VERSION = 1
 
 
@@ -61,7 +66,7 @@ def _lost(message: str) -> JobStatus:
     return JobStatus(JobState.LOST, failure="lost", message=message)
 
 
-class DiracBackend:
+class DiracBackend(DetachedJobs):
     """Runs job specs as DIRAC jobs; see the module's text for identity, status and restarts."""
 
     name = "dirac"
@@ -88,19 +93,14 @@ class DiracBackend:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.pending_dir.mkdir(parents=True, exist_ok=True)
         self.batch_size = batch_size
-        self.max_jobs = max_jobs
-        self.poll_seconds = poll_seconds
-        self.lost_after_seconds = lost_after_seconds
+        self._start_tracking(max_jobs, poll_seconds, lost_after_seconds)
         self.python = python or sys.executable
         self.session = session or DiracSession(url, credentials_path)
-        self._known: dict[str, JobStatus] = {}
-        self._pseudo: dict[str, JobStatus] = {}
         self._groups: dict[str, str] = {}  # job id -> JobGroup
-        self._unknown_since: dict[str, float] = {}
-        self._asked: set[str] = set()
         self._logs_done: set[str] = set()
         self._closed: set[str] = set()  # job ids whose pending file is gone
-        self._last_query = -float("inf")
+        self._down_since: float | None = None
+        self._down_reminded = 0.0
         self._prune()
 
     # -- the Backend protocol -----------------------------------------------------------------
@@ -165,8 +165,11 @@ class DiracBackend:
                 task_id = str(row["JobName"])
                 written = parse_time(pending[task_id].get("written"))
                 submitted = parse_time(row.get("SubmissionTime"))
-                if (self.jobs_dir / f"{job_id}.json").exists():
+                known = self._read_description(job_id)
+                if known is not None and known.get("token") != pending[task_id].get("token"):
                     continue  # an earlier attempt, recorded at the time
+                # Same token: DiracX answered this submission and the crash came before the catalog
+                # recorded the id; no description: it came before DiracX answered. This attempt either way.
                 if written is not None and submitted is not None and submitted < written - timedelta(hours=1):
                     continue  # older than this reservation by far: not this attempt
                 self._write_description(job_id, pending[task_id])
@@ -175,14 +178,6 @@ class DiracBackend:
                 adopted[task_id] = job_id
         event(log, "dirac_adopted", tasks=len(adopted))
         return adopted
-
-    def free_slots(self) -> int:
-        in_flight = sum(1 for s in self._known.values() if s.state in (JobState.QUEUED, JobState.RUNNING))
-        return max(0, self.max_jobs - in_flight)
-
-    def wait_any(self, timeout: float) -> None:
-        """DiracX tells nobody when a job ends: sleep, and let the next poll ask."""
-        time.sleep(min(max(0.0, timeout), MAX_WAIT_SECONDS))
 
     def close(self) -> None:
         """The jobs belong to DIRAC and go on; only the connection is closed."""
@@ -198,17 +193,19 @@ class DiracBackend:
         jdls = [self._jdl(spec, str(d["group"])) for spec, d in zip(specs, descriptions, strict=True)]
         try:
             job_ids = self.session.submit(jdls)
-        except BackendUnavailable as exc:
-            if "ConnectError" not in str(exc) and "ServiceRequestError" not in str(exc):
-                # The request may have reached the server: only adoption can tell (at the next start).
-                raise BackendError(
-                    f"submission to DIRAC ended without an answer ({exc}): run the production again to resume"
-                ) from exc
+        except BackendNotReached as exc:
+            self._server_down(exc)
             return self._not_submitted(specs, token, f"DIRAC unreachable ({exc}): it will be submitted again")
+        except BackendUnavailable as exc:
+            # The request may have reached the server: only adoption can tell (at the next start).
+            raise BackendError(
+                f"submission to DIRAC ended without an answer ({exc}): run the production again to resume"
+            ) from exc
         except BackendError as exc:
             for spec in specs:
                 (self.pending_dir / f"{spec.task_id}.json").unlink(missing_ok=True)
             return self._rejected(specs, token, str(exc))
+        self._server_up()
         ids = [str(job_id) for job_id in job_ids]
         for job_id, description in zip(ids, descriptions, strict=True):
             self._write_description(job_id, description)
@@ -254,7 +251,8 @@ class DiracBackend:
             self._pseudo[job_id] = _lost(problem)
         for spec in specs:
             (self.pending_dir / f"{spec.task_id}.json").unlink(missing_ok=True)
-        event(log, "dirac_unsent", level=30, batch=token, jobs=len(ids), error=problem)
+        # Said once per outage by _server_down; this line is for -v.
+        event(log, "dirac_unsent", batch=token, jobs=len(ids), error=problem)
         return ids
 
     def _rejected(self, specs: Sequence[JobSpec], token: str, problem: str) -> list[str]:
@@ -265,12 +263,31 @@ class DiracBackend:
         event(log, "dirac_rejected", level=30, batch=token, jobs=len(ids), error=problem)
         return ids
 
-    # -- status ---------------------------------------------------------------------------------------
+    # -- server outages --------------------------------------------------------------------------------
 
-    def _query_due(self, ids: Iterable[str]) -> bool:
-        if any(job_id not in self._asked for job_id in ids):
-            return True
-        return time.monotonic() - self._last_query >= self.poll_seconds
+    def _server_down(self, exc: BackendError) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = self._down_reminded = now
+            event(
+                log,
+                "dirac_server_down",
+                level=30,
+                url=self.session.url,
+                error=exc,
+                effect="no task fails for it: jobs keep their last known state, submissions wait for it",
+            )
+        elif now - self._down_reminded >= DOWN_REMINDER_SECONDS:
+            self._down_reminded = now
+            event(log, "dirac_server_still_down", level=30, seconds=round(now - self._down_since), error=exc)
+
+    def _server_up(self) -> None:
+        if self._down_since is not None:
+            seconds = round(time.monotonic() - self._down_since)
+            self._down_since = None
+            event(log, "dirac_server_back", level=30, url=self.session.url, down_seconds=seconds)
+
+    # -- status ---------------------------------------------------------------------------------------
 
     def _refresh(self, ids: Sequence[str]) -> None:
         by_group: dict[str, list[str]] = defaultdict(list)
@@ -286,10 +303,14 @@ class DiracBackend:
                 conditions.insert(0, {"parameter": "JobGroup", "operator": "eq", "value": group})
             try:
                 rows = self.session.search(conditions, SEARCH_PARAMETERS)
-            except BackendError as exc:
-                # A restart, or a refusal: either way the jobs are where they were. Keep what we knew.
-                event(log, "dirac_unreachable", level=30, group=group, error=exc)
+            except BackendUnavailable as exc:
+                # A restart: the jobs are where they were. Keep what we knew.
+                self._server_down(exc)
                 continue
+            except BackendError as exc:
+                event(log, "dirac_search_refused", level=30, group=group, error=exc)
+                continue
+            self._server_up()
             self._asked.update(members)
             found = {str(row["JobID"]): row for row in rows}
             for job_id in members:

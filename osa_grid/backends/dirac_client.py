@@ -3,8 +3,9 @@
 The Backend protocol and the pilot are synchronous; the client is async. A session owns a private event loop
 and one client, made on first use and made again after a failure (the client reads the server's OpenID
 configuration when it is made, so it cannot be made while the server is down). Errors come out typed:
-``BackendUnavailable`` when the server cannot be reached or answers 5xx (a restart: try later),
-``BackendError`` when it refuses the request.
+``BackendUnavailable`` when the server cannot be reached or answers 5xx (a restart: try later), its
+subclass ``BackendNotReached`` when the request certainly never left (connection refused, no client), and
+``BackendError`` when the server refuses the request.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from osa_grid.errors import BackendError, BackendUnavailable, BadInput
+from osa_grid.errors import BackendError, BackendNotReached, BackendUnavailable, BadInput
 
 T = TypeVar("T")
 # One page of a search; DiracX answers at most 10000 rows a page.
 PAGE_SIZE = 1000
 # The sandbox store's name in DiracX PFNs ("SB:SandboxSE|/S3/...").
 SANDBOX_SE = "SandboxSE"
+# Errors raised before a request leaves this process (azure-core says so of ServiceRequestError).
+NOT_SENT = ("ConnectError", "ConnectionRefusedError", "ClientConnectorError", "ServiceRequestError")
 
 
 def _client_modules() -> tuple[Any, Any, Any]:
@@ -163,8 +166,12 @@ class DiracSession:
             if self.credentials_path:
                 values["credentials_path"] = self.credentials_path
             preferences = DiracxPreferences.model_validate(values)
-            client = client_class(diracx_preferences=preferences)
-            await client.__aenter__()
+            try:
+                client = client_class(diracx_preferences=preferences)
+                await client.__aenter__()
+            except Exception as exc:
+                # Making the client reads the server's OpenID configuration; the call itself was not sent.
+                raise BackendNotReached(f"DiracX does not answer: {type(exc).__name__}: {exc}"[:500]) from exc
             self._client = client
         return await call(self._client)
 
@@ -184,4 +191,17 @@ def _typed(exc: BaseException) -> BackendError:
     text = f"{type(exc).__name__}: {exc}"[:500]
     if isinstance(status, int) and status < 500:
         return BackendError(f"DiracX refused the request (HTTP {status}): {text}")
+    if _not_sent(exc):
+        return BackendNotReached(f"DiracX does not answer: {text}")
     return BackendUnavailable(f"DiracX does not answer: {text}")
+
+
+def _not_sent(exc: BaseException | None) -> bool:
+    """True if the error, or one it comes from, says the request never left (e.g. connection refused)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ in NOT_SENT:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

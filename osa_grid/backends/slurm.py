@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from osa_grid.backends.detached import DetachedJobs
 from osa_grid.backends.slurm_parsing import (
     COMMENT_PREFIX,
     ArrayRequest,
@@ -62,8 +63,6 @@ from osa_grid.ports import Capabilities, JobSpec, JobState, JobStatus
 
 log = get_logger("slurm")
 
-# wait_any never sleeps longer than this, whatever it is asked.
-MAX_WAIT_SECONDS = 60.0
 # First pause between two tries of a failing command (doubled each time).
 FIRST_BACKOFF_SECONDS = 0.5
 # sbatch is tried this often when the controller cannot be reached.
@@ -102,7 +101,7 @@ class _Batch:
     written: datetime
 
 
-class SlurmBackend:
+class SlurmBackend(DetachedJobs):
     """Runs job specs as SLURM array jobs; see the module's text for identity, status and restarts."""
 
     name = "slurm"
@@ -131,22 +130,15 @@ class SlurmBackend:
         self.slurm_conf = slurm_conf
         self.options = options or SbatchOptions()
         self.array_throttle = array_throttle
-        self.max_jobs = max_jobs
+        self._start_tracking(max_jobs, poll_seconds, lost_after_seconds)
         self.max_array_size = max_array_size
-        self.poll_seconds = poll_seconds
-        self.lost_after_seconds = lost_after_seconds
         self.command_timeout = command_timeout
         self.retry_seconds = retry_seconds
         self.python = _checked_python(python or sys.executable)
         self.bin_dir = bin_dir
-        self._known: dict[str, JobStatus] = {}  # last status of every SLURM job id seen
-        self._pseudo: dict[str, JobStatus] = {}  # ids of batches sbatch refused or never got
-        self._unknown_since: dict[str, float] = {}
-        self._asked: set[str] = set()  # ids squeue and sacct were asked about at least once
         self._cancelled: set[str] = set()
         self._tokens: dict[str, str] = {}  # array job id -> batch token
         self._closed: set[str] = set()  # tokens whose .recorded marker exists
-        self._last_query = -float("inf")
         self._prune_batches()
 
     # -- the Backend protocol -----------------------------------------------------------------
@@ -198,14 +190,6 @@ class SlurmBackend:
                     self._known.setdefault(adopted[task_id], JobStatus(JobState.QUEUED))
         event(log, "slurm_adopted", tasks=len(adopted), batches=len(arrays))
         return adopted
-
-    def free_slots(self) -> int:
-        in_flight = sum(1 for s in self._known.values() if s.state in (JobState.QUEUED, JobState.RUNNING))
-        return max(0, self.max_jobs - in_flight)
-
-    def wait_any(self, timeout: float) -> None:
-        """SLURM tells nobody when a job ends: sleep, and let the next poll ask."""
-        time.sleep(min(max(0.0, timeout), MAX_WAIT_SECONDS))
 
     def close(self) -> None:
         """Nothing to stop: the jobs belong to SLURM and go on without us."""
@@ -306,11 +290,6 @@ class SlurmBackend:
         return path
 
     # -- status -----------------------------------------------------------------------------------
-
-    def _query_due(self, slurm_ids: Iterable[str]) -> bool:
-        if any(job_id not in self._asked for job_id in slurm_ids):
-            return True
-        return time.monotonic() - self._last_query >= self.poll_seconds
 
     def _refresh(self, slurm_ids: Sequence[str]) -> None:
         arrays = sorted({array_job_id(i) for i in slurm_ids}, key=int)

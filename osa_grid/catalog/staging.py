@@ -148,3 +148,15 @@ def mark_released(catalog: Catalog, file_ids: Sequence[int], stores: Sequence[st
             sa.delete(s.replicas).where(s.replicas.c.file_id.in_(file_ids) & s.replicas.c.store.in_(stores))
         )
         Catalog._event(conn, "staging_released", None, files=len(file_ids))
+
+
+def stuck_inputs(catalog: Catalog, production: str) -> list[StagingRow]:
+    """Stuck requests of files that unfinished tasks of the production wait for, with their reasons."""
+    waiting = (
+        sa.select(s.task_inputs.c.file_id)
+        .join(s.tasks, s.tasks.c.task_id == s.task_inputs.c.task_id)
+        .where((s.tasks.c.production == production) & s.tasks.c.state.not_in([st.value for st in TERMINAL]))
+    )
+    with catalog.engine.connect() as conn:
+        needed = set(conn.scalars(waiting))
+    return [r for r in staging_rows(catalog, [StageState.STUCK]) if r.file_id in needed]

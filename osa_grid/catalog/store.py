@@ -817,8 +817,9 @@ class Catalog:
             known = self._existing_task_ids(conn, [t.task_id for t in tasks])
             new = [t for t in tasks if t.task_id not in known]
             if new:
-                conn.execute(
-                    sa.insert(s.tasks),
+                bulk_insert(
+                    conn,
+                    s.tasks,
                     [
                         {
                             "task_id": t.task_id,
@@ -834,18 +835,25 @@ class Catalog:
                         for t in new
                     ],
                 )
-                conn.execute(
-                    sa.insert(s.task_inputs),
-                    [{"task_id": t.task_id, "file_id": f.id} for t in new for f in t.inputs],
+                bulk_insert(
+                    conn,
+                    s.task_inputs,
+                    [
+                        {"task_id": t.task_id, "file_id": f.id, "role": INPUT_ROLE}
+                        for t in new
+                        for f in t.inputs
+                    ],
                 )
-                conn.execute(
-                    sa.insert(s.events),
+                bulk_insert(
+                    conn,
+                    s.events,
                     [
                         {
                             "at": now,
                             "production": production,
                             "task_id": t.task_id,
                             "kind": "created",
+                            "from_state": None,
                             "to_state": initial_state.value,
                             "detail": {"transformation": t.transformation, "group": t.group_key},
                         }
@@ -856,8 +864,9 @@ class Catalog:
                 sa.delete(s.pending_inputs).where(s.pending_inputs.c.transformation_id == transformation_id)
             )
             if pending:
-                conn.execute(
-                    sa.insert(s.pending_inputs),
+                bulk_insert(
+                    conn,
+                    s.pending_inputs,
                     [
                         {"transformation_id": transformation_id, "file_id": f.id, "group_key": g}
                         for f, g in pending

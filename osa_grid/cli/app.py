@@ -12,12 +12,13 @@ from rich.console import Group
 from rich.live import Live
 
 from osa_grid import __version__
+from osa_grid.catalog.staging import stuck_inputs
 from osa_grid.cli.campaign import campaign_app
 from osa_grid.cli.common import console, handle_errors, settings_of
 from osa_grid.cli.nightly import nightly_app, web
 from osa_grid.cli.query_cmds import register as register_query_commands
 from osa_grid.cli.site import site_app
-from osa_grid.cli.views import failures_table, production_table
+from osa_grid.cli.views import failures_table, production_table, stuck_staging_table
 from osa_grid.core.metadata import parse_literal
 from osa_grid.core.models import Production
 from osa_grid.core.staging import Window
@@ -150,6 +151,9 @@ def _summarize(workspace: Workspace, production: Production, report: PassReport,
     problems = workspace.catalog.tasks(production.name, states=[TaskState.FAILED, TaskState.VETOED])
     if problems:
         console.print(failures_table(problems))
+    stuck = stuck_inputs(workspace.catalog, production.name)
+    if stuck:
+        console.print(stuck_staging_table(stuck))
     if report.unfinished:
         console.print(f"{report.unfinished} task(s) still to do: run the command again to carry on.")
     else:
@@ -158,7 +162,7 @@ def _summarize(workspace: Workspace, production: Production, report: PassReport,
         console.print(
             "Some files wait in incomplete groups (e.g. runs missing sub-runs): --flush processes them."
         )
-    if problems:
+    if problems or stuck:
         raise typer.Exit(1)
 
 
@@ -175,6 +179,7 @@ def production_status(
         counts = workspace.catalog.task_counts(prod.name)
         waiting = workspace.catalog.waiting_counts(prod.name)
         problems = workspace.catalog.tasks(prod.name, states=[TaskState.FAILED, TaskState.VETOED])
+        stuck = stuck_inputs(workspace.catalog, prod.name)
         if as_json:
             payload = {
                 "production": prod.name,
@@ -191,12 +196,23 @@ def production_status(
                     }
                     for t in problems
                 ],
+                "staging_stuck": [
+                    {
+                        "lfn": r.lfn,
+                        "request_id": r.request_id,
+                        "error": r.error,
+                        "since": r.updated_at.isoformat(),
+                    }
+                    for r in stuck
+                ],
             }
             console.print_json(json.dumps(payload))
             return
         console.print(production_table(prod.name, counts, [t.name for t in topological_order(prod)], waiting))
         if problems:
             console.print(failures_table(problems))
+        if stuck:
+            console.print(stuck_staging_table(stuck))
 
 
 def _operator_action(

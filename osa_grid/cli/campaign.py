@@ -59,7 +59,7 @@ def plan(
             # A plan is still useful where the backend is not reachable: slots then come from the limit.
             console.print(f"[yellow]backend {name} unavailable ({exc}); slots from the campaign's limit[/]")
             chosen = None
-        result = campaigns.make_plan(workspace.catalog, loaded, chosen)
+        result = campaigns.make_plan(workspace.catalog, loaded, chosen, workspace.data)
     if as_json:
         console.print_json(json.dumps(result.as_json()))
         return

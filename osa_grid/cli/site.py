@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from osa_grid.cli.common import console, handle_errors, settings_of
-from osa_grid.errors import BadInput
+from osa_grid.cli.common import console, errors, handle_errors, settings_of
+from osa_grid.errors import BadInput, DataServiceUnavailable
 from osa_grid.services.workspace import open_workspace
 
 site_app = typer.Typer(
@@ -296,9 +296,19 @@ def transfer(
     from osa_grid.data.rucio import transfer as transfer_round
 
     store = from_settings(settings_of(ctx))
+    down = False
     while True:
-        copied = transfer_round(store, rse)
-        console.print(f"transferred {copied} file(s)")
+        try:
+            copied = transfer_round(store, rse)
+        except DataServiceUnavailable as exc:
+            if not loop:
+                raise
+            if not down:  # an agent outlives a server restart, as FTS does; one message per outage
+                errors.print(f"waiting for the Rucio server: {exc}", highlight=False, soft_wrap=True)
+            down = True
+        else:
+            down = False
+            console.print(f"transferred {copied} file(s)")
         if not loop:
             return
         time.sleep(loop)

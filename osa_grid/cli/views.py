@@ -9,6 +9,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from osa_grid.catalog.staging import StagingRow
 from osa_grid.catalog.store import TaskRow
 
 COLUMNS = ("ready", "submitted", "running", "done", "failed", "vetoed", "cancelled")
@@ -53,5 +54,16 @@ def failures_table(rows: list[TaskRow]) -> Table:
             "" if row.exit_code is None else str(row.exit_code),
             (row.error or "")[:200],
             row.workdir or "",
+        )
+    return table
+
+
+def stuck_staging_table(rows: list[StagingRow]) -> Table:
+    table = Table(title="inputs whose staging is stuck (their tasks wait)", title_justify="left")
+    for column in ("file", "request", "since", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.lfn, row.request_id or "", row.updated_at.isoformat(timespec="seconds"), row.error or ""
         )
     return table

@@ -41,6 +41,15 @@ class NightRange(Strict):
         return self
 
 
+def _valid_query(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            querylang.parse(value)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from exc
+    return value
+
+
 class Scope(Strict):
     """Which data: any combination of a query, a range of nights and a list of runs (all must hold)."""
 
@@ -51,12 +60,7 @@ class Scope(Strict):
     @field_validator("query")
     @classmethod
     def _query(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                querylang.parse(value)
-            except BadInput as exc:
-                raise ValueError(str(exc)) from exc
-        return value
+        return _valid_query(value)
 
     @field_validator("runs")
     @classmethod
@@ -123,6 +127,12 @@ class Products(Strict):
     dataset: str | None = None
     # Which of the campaign's products the dataset holds (default: all of them).
     query: str | None = Field(None, min_length=1)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str | None) -> str | None:
+        # Checked on load: a typo must not surface only when the campaign ends and makes its dataset.
+        return _valid_query(value)
 
     @field_validator("dataset")
     @classmethod

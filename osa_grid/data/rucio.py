@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -23,10 +24,11 @@ from osa_grid.core.metadata import MetaValue
 from osa_grid.data.checksums import adler32
 from osa_grid.data.ctao_metadata import ctao_key, ctao_value, from_ctao, to_ctao
 from osa_grid.data.local import LocalStore
-from osa_grid.errors import BadInput, DataServiceError, InputFileMissing
+from osa_grid.errors import BadInput, DataServiceError, DataServiceUnavailable, InputFileMissing
 from osa_grid.ports import NewFile, Replica, StageState, StageStatus
 
 STAGING_ACTIVITY = "Staging"
+STAGING_COMMENT = "osa-grid staging"
 _RULE_STATES = {
     "OK": StageState.ONLINE,
     "REPLICATING": StageState.REQUESTED,
@@ -119,7 +121,7 @@ class RucioStore:
         except (rucio_errors.RucioException, OSError) as exc:
             text = _reason(exc)
             if isinstance(exc, OSError | rucio_errors.ServerConnectionException) or "connect" in text.lower():
-                raise DataServiceError(f"{what}: {self.server} is unreachable: {text}") from exc
+                raise DataServiceUnavailable(f"{what}: {self.server} is unreachable: {text}") from exc
             raise DataServiceError(f"{what}: {self.server} answered: {text}") from exc
 
     # ------------------------------------------------------------------ files
@@ -210,11 +212,17 @@ class RucioStore:
 
     # ------------------------------------------------------------------ resolve
     def resolve(self, query: str) -> list[NewFile]:
-        filters = rucio_filters(querylang.parse(query))
+        return self.describe(self.search(querylang.parse(query), None))
+
+    def search(self, node: querylang.Node, limit: int | None) -> list[str]:
+        """The names of the files whose metadata match (``osa-grid query --where rucio``), sorted."""
+        filters = rucio_filters(node)
         names = self._call(
             "list dids", lambda: list(self.client().list_dids(self.scope, filters, did_type="file"))
         )
-        return self.describe(sorted(set(names)))
+        # Several filter groups (an "or") may list a file more than once.
+        found = sorted(set(names))
+        return found if limit is None else found[:limit]
 
     def describe(self, lfns: Sequence[str]) -> list[NewFile]:
         """Files with their size, checksum, osa-grid metadata and every replica Rucio has."""
@@ -262,7 +270,7 @@ class RucioStore:
                     source_replica_expression=self.tape_rse,
                     activity=STAGING_ACTIVITY,
                     grouping="NONE",
-                    comment="osa-grid staging",
+                    comment=STAGING_COMMENT,
                 )
                 existing.update(zip(missing, ids, strict=True))
             except DataServiceError as exc:
@@ -284,10 +292,14 @@ class RucioStore:
                 )
             ),
         )
+        # A released (or deleted) rule only waits for the judge-cleaner: it is no request to reuse.
+        now = datetime.now(UTC).replace(tzinfo=None)  # Rucio answers naive UTC datetimes
         return {
             rule["name"]: rule["id"]
             for rule in rules
-            if rule["name"] in wanted and rule.get("activity") == STAGING_ACTIVITY
+            if rule["name"] in wanted
+            and rule.get("activity") == STAGING_ACTIVITY
+            and not (isinstance(rule.get("expires_at"), datetime) and rule["expires_at"] <= now)
         }
 
     def stage_status(self, requests: Mapping[str, str]) -> dict[str, StageStatus]:
@@ -308,7 +320,10 @@ class RucioStore:
             if state == StageState.ONLINE:
                 online.append(lfn)
             else:
-                error = rule.get("error") or ""
+                # Rucio's finisher writes a failed transfer's reason in ``error``; a site transfer agent can
+                # only reach the rule's comment (``transfer``), so a comment other than ours is the reason.
+                comment = rule.get("comments") or ""
+                error = rule.get("error") or (comment if comment != STAGING_COMMENT else "")
                 if state == StageState.STUCK:
                     error = f"rule {rule_id} is {rule['state']}: {error or 'no reason given'}"
                 statuses[lfn] = StageStatus(state, error)
@@ -421,7 +436,9 @@ def rucio_filters(node: querylang.Node) -> list[dict[str, Any]]:
             groups = [{**g, **sub} for g in groups for sub in rucio_filters(item)]
         else:
             raise BadInput(
-                f"Rucio cannot filter on {querylang.to_text(item)!r} (globs, 'not', exists, datasets)"
+                f"Rucio's list_dids filters cannot express {querylang.to_text(item)!r}: they have "
+                "comparisons, 'in' lists and ranges joined by and/or, but no globs (~), 'not', 'exists' "
+                "or datasets (--where catalog answers it)"
             )
     return groups
 
@@ -462,7 +479,18 @@ def transfer(store: RucioStore, rse: str | None = None) -> int:
                 "lfns2pfns", client.lfns2pfns, lock["rse"], [f"{lock['scope']}:{lock['name']}"]
             )
             target = Path(urlparse(next(iter(destination.values()))).path)
-            _copy_atomically(Path(urlparse(sources[0]).path), target)
+            try:
+                _copy_atomically(Path(urlparse(sources[0]).path), target)
+            except OSError as exc:
+                # What FTS reports for a failed transfer: the rule is stuck, with the reason, until repaired.
+                reason = f"transfer of {lock['name']} to {lock['rse']} failed: {exc}"
+                store._call(
+                    f"mark rule {rule['id']} stuck",
+                    client.update_replication_rule,
+                    rule["id"],
+                    {"state": "STUCK", "comment": reason[:250]},
+                )
+                continue
             store._call(
                 "mark replica available",
                 client.update_replicas_states,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 from osa_grid.errors import OutputCheckFailed
@@ -61,11 +62,16 @@ def _hdf5(path: Path) -> str | None:
 def _fits(path: Path) -> str | None:
     from astropy.io import fits
 
-    with fits.open(path, memmap=False) as hdus:
-        hdus.verify("exception")
-        if not any(hdu.size for hdu in hdus):
-            return "every HDU is empty"
-    return None
+    # astropy only warns about a file shorter than its headers announce: that warning is the verdict here.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fits.open(path, memmap=False) as hdus:
+            hdus.verify("exception")
+            empty = not any(hdu.size for hdu in hdus)
+    truncated = next((str(w.message) for w in caught if "truncated" in str(w.message)), None)
+    if truncated is not None:
+        return truncated
+    return "every HDU is empty" if empty else None
 
 
 def _dl3(path: Path) -> str | None:

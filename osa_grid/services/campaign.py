@@ -18,19 +18,20 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from osa_grid.catalog.store import CampaignRow, Catalog, TaskRow
+from osa_grid.catalog.store import CampaignRow, Catalog, CatalogFile, TaskRow
 from osa_grid.config import Settings
 from osa_grid.core import query as querylang
 from osa_grid.core.campaign import Campaign, CampaignPlan, InputFile, plan_campaign, scoped_production
 from osa_grid.core.loading import build_campaign
 from osa_grid.core.models import Production
 from osa_grid.core.planner import input_query
+from osa_grid.core.staging import Window
 from osa_grid.core.states import ACTIVE, TaskState
 from osa_grid.core.validation import topological_order
 from osa_grid.data import data_manager_from_settings
 from osa_grid.errors import CampaignInvalid
 from osa_grid.logs import event, get_logger
-from osa_grid.ports import Backend
+from osa_grid.ports import Backend, DataManager
 from osa_grid.services.productions import (
     change_states,
     definition_of,
@@ -40,7 +41,7 @@ from osa_grid.services.productions import (
 )
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
 from osa_grid.services.workspace import Workspace
-from osa_grid.system import identity_is_dead
+from osa_grid.system import identity_is_alive, identity_is_dead
 
 log = get_logger("campaign")
 
@@ -140,15 +141,25 @@ def check_environment(production: Production, backend: Backend) -> None:
 
 
 # --------------------------------------------------------------------------------------------- plan
-def make_plan(catalog: Catalog, loaded: LoadedCampaign, backend: Backend | None) -> CampaignPlan:
-    """The dry run: reads the catalog, writes nothing, submits nothing."""
+def make_plan(
+    catalog: Catalog, loaded: LoadedCampaign, backend: Backend | None, data: DataManager | None = None
+) -> CampaignPlan:
+    """The dry run: reads the catalog, writes nothing, submits nothing.
+
+    With a data manager that stages, a file is online when that data manager says so, from the replicas it
+    has now (Rucio: a tape replica is "available" but no job can read it; a staged copy may have appeared).
+    """
     production = loaded.production
     roots: dict[str, list[InputFile]] = {}
     for transformation in production.transformations:
         if not transformation.input.parents:
+            files = catalog.query(input_query(production.name, transformation))
+            replicas = _replicas_now(data, files)
             roots[transformation.name] = [
-                InputFile(f.record(), f.size, tuple((r.store, r.state) for r in f.replicas))
-                for f in catalog.query(input_query(production.name, transformation))
+                InputFile(
+                    f.record(), f.size, replicas.get(f.lfn, tuple((r.store, r.state) for r in f.replicas))
+                )
+                for f in files
             ]
     measured = {t.name: catalog.step_durations(t.name, t.version) for t in production.transformations}
     limit = loaded.campaign.limits.max_jobs_in_flight
@@ -157,6 +168,24 @@ def make_plan(catalog: Catalog, loaded: LoadedCampaign, backend: Backend | None)
         slots = min(slots, limit) if slots > 0 else limit
     existing = catalog.task_counts(production.name) if catalog.campaign(loaded.name) else {}
     return plan_campaign(production, roots, measured, slots, existing)
+
+
+def _replicas_now(
+    data: DataManager | None, files: list[CatalogFile]
+) -> dict[str, tuple[tuple[str, str], ...]]:
+    """(store, "available" | "offline") per file, from the data manager's own view when it stages."""
+    if data is None or not data.stages:
+        return {}
+    describe = getattr(data, "describe", None)  # Rucio: list_replicas now, not the catalog's copy
+    current = (
+        {f.lfn: f.replicas for f in describe([f.lfn for f in files])}
+        if callable(describe)
+        else {f.lfn: tuple(f.replicas) for f in files}
+    )
+    return {
+        lfn: tuple((r.store, "available" if data.online(r) else "offline") for r in replicas)
+        for lfn, replicas in current.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------- submit
@@ -261,12 +290,23 @@ def run(
         lease_ttl=timedelta(seconds=workspace.settings.lease_seconds),
         max_in_flight=loaded.campaign.limits.max_jobs_in_flight,
         clean_workdirs=True,
+        staging_window=_staging_window(workspace.settings, loaded.campaign),
+        stage_lifetime=workspace.settings.rucio_stage_lifetime,
     )
     shepherd = Shepherd(
         workspace.catalog, backend, data, loaded.production, workspace.work_root, options, on_pass
     )
     with shepherd.lease():
         return _loop(workspace.catalog, shepherd, backend, name, once)
+
+
+def _staging_window(settings: Settings, campaign: Campaign) -> Window:
+    """The campaign's staging window (limits.staging), each bound defaulting to the settings'."""
+    staging = campaign.limits.staging
+    return Window(
+        staging.files or settings.staging_window_files,
+        int(staging.bytes) if staging.bytes is not None else settings.staging_window_bytes,
+    )
 
 
 def _loop(catalog: Catalog, shepherd: Shepherd, backend: Backend, name: str, once: bool) -> RunOutcome:
@@ -330,7 +370,10 @@ def stop(workspace: Workspace, name: str, kill: bool) -> str:
 
 def _shepherd_alive(catalog: Catalog, production: str) -> bool:
     holder = catalog.lease_holder(f"production/{production}")
-    return holder is not None and holder[1] > datetime.now(UTC) and not identity_is_dead(holder[0])
+    if holder is None or identity_is_dead(holder[0]):
+        return False
+    # A holder seen running on this host is alive whatever the wall clock says (it may have jumped).
+    return holder[1] > datetime.now(UTC) or identity_is_alive(holder[0])
 
 
 def resume(workspace: Workspace, name: str, backend_name: str | None) -> CampaignRow:

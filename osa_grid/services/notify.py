@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from osa_grid.core.redaction import redact_text
 from osa_grid.errors import BadInput, OsaGridError
 from osa_grid.logs import event, get_logger
 
@@ -59,7 +60,10 @@ class WebhookNotifier:
             with urllib.request.urlopen(request, timeout=10) as response:
                 response.read()
         except OSError as exc:
-            raise OsaGridError(f"cannot call the webhook {urlsplit(self.url).netloc}: {exc}") from exc
+            # Only the host: a webhook URL carries its secret in the user:password, the path or the query.
+            parts = urlsplit(self.url)
+            where = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+            raise OsaGridError(redact_text(f"cannot call the webhook {where}: {exc}")) from exc
 
 
 def _smtp(url: str) -> Notifier:
@@ -67,7 +71,9 @@ def _smtp(url: str) -> Notifier:
     options = parse_qs(parts.query)
     recipients = [a for value in options.get("to", []) for a in value.split(",") if a]
     if not parts.hostname or not recipients:
-        raise BadInput(f"notify URL {url!r}: expected smtp://host:port?to=someone@site[&from=...]")
+        raise BadInput(
+            f"notify URL {redact_text(url)!r}: expected smtp://host:port?to=someone@site[&from=...]"
+        )
     sender = options.get("from", ["osa-grid@localhost"])[0]
     return SmtpNotifier(parts.hostname, parts.port or 25, sender, recipients)
 
@@ -84,5 +90,5 @@ def notifier_from_url(url: str) -> Notifier:
     scheme = urlsplit(url).scheme or url
     factory = NOTIFIERS.get(scheme)
     if factory is None:
-        raise BadInput(f"notify {url!r}: use 'log', an smtp:// URL or an http(s):// webhook URL")
+        raise BadInput(f"notify {redact_text(url)!r}: use 'log', an smtp:// URL or an http(s):// webhook URL")
     return factory(url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 import socket
 import sys
@@ -28,17 +29,26 @@ from osa_grid.core import templates
 from osa_grid.core.metadata import MetaValue, check_metadata
 from osa_grid.core.models import Production, Resources, Transformation
 from osa_grid.core.planner import FileRecord, decide_retry, input_query, plan_groups, upstream_drained
+from osa_grid.core.redaction import redact_argv, redact_env
 from osa_grid.core.rendering import RenderedOutput, RenderedTask, render_needs, render_outputs, render_task
 from osa_grid.core.staging import Window
 from osa_grid.core.states import ACTIVE, RUNNABLE, UNFINISHED, TaskState
 from osa_grid.core.validation import dependencies, producers, topological_order
 from osa_grid.data.checksums import adler32
 from osa_grid.data.verify import clear_workdir, verify_product
-from osa_grid.errors import BadInput, OsaGridError, OutputCheckFailed, StorageError
+from osa_grid.errors import (
+    BadInput,
+    DataServiceError,
+    DataServiceUnavailable,
+    LeaseHeld,
+    OsaGridError,
+    OutputCheckFailed,
+    StorageError,
+)
 from osa_grid.logs import event, get_logger
 from osa_grid.ports import Backend, DataManager, JobSpec, JobState, JobStatus, NewFile
 from osa_grid.services.staging import Stager
-from osa_grid.system import identity_is_dead, process_identity
+from osa_grid.system import identity_is_alive, identity_is_dead, process_identity
 
 log = get_logger("shepherd")
 # Files read, planned and recorded at once when a transformation has a backlog.
@@ -69,6 +79,8 @@ class PassReport:
     finished: int = 0
     failed: int = 0
     lost: int = 0
+    # Staging tasks with an input whose staging is stuck: they cannot run until someone repairs it.
+    blocked: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
@@ -80,8 +92,9 @@ class PassReport:
     @property
     def runnable(self) -> int:
         """Tasks that are running or can run now (created tasks may wait for side inputs from outside)."""
-        return sum(
-            n for states in self.counts.values() for s, n in states.items() if TaskState(s) in RUNNABLE
+        return (
+            sum(n for states in self.counts.values() for s, n in states.items() if TaskState(s) in RUNNABLE)
+            - self.blocked
         )
 
     @property
@@ -117,6 +130,9 @@ class Shepherd:
         self._lease_renewed_at = -float("inf")
         # Inputs of the tasks this shepherd submitted, read once at submission and kept until they end.
         self._inputs: dict[str, list[CatalogFile]] = {}
+        # The data service's outage (its message) while it lasts: reported once, waited out, not a failure.
+        self._outage: str | None = None
+        self._down_this_pass = False
 
     # ------------------------------------------------------------------ loop
     def run(self) -> PassReport:
@@ -124,7 +140,11 @@ class Shepherd:
         with self.lease():
             report = self.run_pass()
             if self.options.once:
-                return self._finish_once(report)
+                report = self._finish_once(report)
+                if self._outage is not None:
+                    message = f"{self._outage}; nothing is lost, run again when it answers"
+                    raise DataServiceUnavailable(message)
+                return report
             while report.runnable:
                 self.backend.wait_any(self.options.poll_interval)
                 report = self.run_pass()
@@ -155,23 +175,37 @@ class Shepherd:
         dead = holder[0] if holder is not None and identity_is_dead(holder[0]) else None
         if dead is not None:
             event(log, "lease_stale", production=self.production.name, previous=dead)
+        elif holder is not None and holder[0] != self.identity and identity_is_alive(holder[0]):
+            # Its expiry is wall-clock time, which jumps (NTP, an operator): a holder that runs keeps it.
+            raise LeaseHeld(
+                f"{self.lease_name} is held by {holder[0]}, which runs: another shepherd is running it"
+            )
         self.catalog.acquire_lease(self.lease_name, self.identity, self.options.lease_ttl, dead_holder=dead)
 
     def run_pass(self, submit: bool = True) -> PassReport:
         report = PassReport()
+        self._down_this_pass = False
         self._renew_lease()
         self.observe(report)
         self.plan(report)
-        if self.data.stages:
-            Stager(
-                self.catalog,
-                self.data,
-                self.production.name,
-                self.options.staging_window,
-                self.options.stage_lifetime,
-            ).run()
-        if submit:
-            self.act(report)
+        try:
+            if self.data.stages:
+                staged = Stager(
+                    self.catalog,
+                    self.data,
+                    self.production.name,
+                    self.options.staging_window,
+                    self.options.stage_lifetime,
+                ).run()
+                report.blocked = staged.blocked
+            if submit:
+                self.act(report)
+        except DataServiceUnavailable as exc:
+            # Every request and task is a row before the service is asked: the next pass resumes them.
+            self._data_unavailable(exc)
+        if self._outage is not None and not self._down_this_pass:
+            event(log, "data_service_back", logging.WARNING, production=self.production.name)
+            self._outage = None
         if self.on_pass is not None:
             report.counts = self.catalog.task_counts(self.production.name)
             self.on_pass(report)
@@ -179,6 +213,20 @@ class Shepherd:
             # What the loop needs; counting the finished tasks too would make a pass grow with history.
             report.counts = self.catalog.unfinished_counts(self.production.name)
         return report
+
+    def _data_unavailable(self, exc: DataServiceUnavailable) -> None:
+        """One message when the outage starts, none while it lasts; passes go on and retry."""
+        self._down_this_pass = True
+        if self._outage is None:
+            event(
+                log,
+                "data_service_unavailable",
+                logging.WARNING,
+                production=self.production.name,
+                error=str(exc),
+                action="waiting; no task fails for it",
+            )
+        self._outage = str(exc)
 
     def _renew_lease(self) -> None:
         """Renewed once a quarter of its time has gone, not every pass: one write transaction less a pass."""
@@ -254,6 +302,10 @@ class Shepherd:
                 )
                 new_files = [self._store_output(task, output) for output in outputs]
                 new_files = self.data.register(new_files, self.production.name)
+            except DataServiceUnavailable as exc:
+                # The job succeeded: it stays active and its products are published at a later pass.
+                self._data_unavailable(exc)
+                break
             except (OutputCheckFailed, BadInput) as exc:
                 self._fail(task, "output", 0, str(exc), status, report)
                 continue
@@ -531,6 +583,8 @@ class Shepherd:
         try:
             rendered = self._render(task, transformation, inputs)
             workdir.mkdir(parents=True, exist_ok=True)
+        except DataServiceError:
+            raise  # the data service's trouble, not the task's: it must not be vetoed for it
         except OsaGridError as exc:
             # The same inputs would fail the same way: stop here rather than retry.
             self.catalog.fail(
@@ -588,8 +642,9 @@ class Shepherd:
             argv, env = list(transformation.step.argv), dict(transformation.step.env)
         return {
             "attempt": task.attempt,
-            "argv": argv,
-            "env": env,
+            # Provenance is kept for years and read by many: the tokens a step is given are not kept.
+            "argv": redact_argv(argv),
+            "env": redact_env(env),
             "software": self._software_versions(transformation),
             "config_digest": self._config_digest(transformation),
             "host": socket.gethostname(),

@@ -28,6 +28,7 @@ class StagingReport:
     stuck: int = 0
     ready: int = 0
     released: int = 0
+    blocked: int = 0  # tasks waiting for a file whose staging is stuck
 
 
 class Stager:
@@ -93,6 +94,10 @@ class Stager:
             report.ready += len(ready)
             event(log, "tasks_online", production=self.production, count=len(ready))
         live = {r.file_id: r for r in rows.staging_rows(self.catalog, list(rows.LIVE))}
+        stuck = {file_id for file_id, r in live.items() if r.state == StageState.STUCK}
+        report.blocked = sum(
+            1 for t in waiting if t.task_id not in ready and any(f.id in stuck for f in inputs[t.task_id])
+        )
         pending = [
             WaitingTask(
                 t.task_id,

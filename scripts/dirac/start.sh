@@ -85,6 +85,8 @@ write_server_env() {
   hashed=$("$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read().strip()).hexdigest())' \
     "$DIRAC_DIR/keys/legacy-api-key")
   mkdir -p "$DIRAC_DIR/db"
+  # It holds the server's state key: readable by its owner only (the redirect keeps the empty file's mode).
+  (umask 077 && : >"$DIRAC_DIR/server.env.tmp")
   {
     echo "# Written by scripts/dirac/start.sh: the DiracX server's environment."
     "$VENV/bin/python" -m diracx.db generate-local-urls "$DIRAC_DIR/db"

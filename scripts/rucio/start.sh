@@ -41,6 +41,8 @@ write_configs() {
   local pwd=$1 site
   site=$("$VENV/bin/python" -c 'import rucio, os; print(os.path.dirname(rucio.__file__))')
   mkdir -p "$RUCIO_DIR/etc/server" "$RUCIO_DIR/etc/client"
+  # It holds the root password: readable by its owner only (the redirect keeps the empty file's mode).
+  (umask 077 && : >"$SERVER_CFG.new")
   cat >"$SERVER_CFG.new" <<CFG
 # Written by scripts/rucio/start.sh: the server's configuration (gunicorn, bootstrap, daemons).
 [common]
@@ -120,6 +122,7 @@ ca_cert = /etc/ssl/certs/ca-certificates.crt
 request_retries = 2
 CFG
 )
+  [[ -e "$SERVER_CFG" ]] && chmod 600 "$SERVER_CFG"  # one written before it was made private
   if cmp -s "$SERVER_CFG.new" "$SERVER_CFG"; then
     rm "$SERVER_CFG.new"
     return 1

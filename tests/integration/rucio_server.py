@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from osa_grid.data.rucio import RawFile, RucioStore
+from osa_grid.steps.toy import make_inputs
+
 REPO = Path(__file__).resolve().parents[2]
 RUCIO_DIR = Path(os.environ.get("OSA_GRID_RUCIO_DIR", REPO / ".services" / "rucio"))
 SERVER_PYTHON = RUCIO_DIR / "venv" / "bin" / "python"
@@ -52,3 +55,25 @@ def daemon(name: str, *args: str) -> None:
 def token() -> str:
     """A marker that keeps one test's DIDs apart from every other's on the shared server."""
     return f"t{secrets.token_hex(5)}"
+
+
+def night_on_tape(store: RucioStore, root: Path, tag: str) -> list[RawFile]:
+    """Two runs of two sub-runs on the tape RSE, found by their tag."""
+    raw = [
+        RawFile(
+            path,
+            f"{tag}/R0/{path.name}",
+            {
+                "data_level": "R0",
+                "night": "2024-01-15",
+                "run_id": int(path.name.split(".")[1][3:]),
+                "subrun_id": int(path.name.split(".")[2]),
+                "n_subruns": 2,
+                "run_type": "DATA",
+                "test_tag": tag,
+            },
+        )
+        for path in make_inputs(root, [1807, 1808], 2, 20)
+    ]
+    assert store.register_raw(raw, "LST_TAPE", lambda f: f"{tag}_R0_Run{f.metadata['run_id']:05d}") == 4
+    return raw

@@ -100,6 +100,27 @@ def assert_complete_once(world: ToyWorld, record: Path, name: str = "two-nights"
     assert max(executions.values()) == 1, executions
 
 
+def submit_then_stop(world: ToyWorld, path: Path, name: str, backend: str, after_done: int) -> None:
+    """``campaign submit --backend B`` in the background, ``campaign stop`` once ``after_done`` tasks are
+    done; the shepherd must then leave cleanly (a batch system's jobs carry on without it)."""
+    shepherd = world.start("campaign", "submit", str(path), "--backend", backend, "--no-live")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            if (
+                world.osa_grid("campaign", "status").returncode == 0
+                and done(status(world, name)) >= after_done
+            ):
+                break
+        assert world.osa_grid("campaign", "stop", name).returncode == 0
+        _, err = shepherd.communicate(timeout=60)
+    finally:
+        if shepherd.poll() is None:
+            shepherd.kill()
+    assert shepherd.returncode == 0, err
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> ToyWorld:
     world = ToyWorld(tmp_path)
@@ -292,19 +313,7 @@ def test_the_same_file_runs_unchanged_on_slurm_and_survives_a_stop(
     name = f"nights{secrets.token_hex(3)}"
     path = write_campaign(world, name=name, record=record, sleep=1.0, limits={"max_jobs_in_flight": 3})
     assert yaml.safe_load(path.read_text())["backend"] == "local"
-    shepherd = world.start("campaign", "submit", str(path), "--backend", "slurm", "--no-live")
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if world.osa_grid("campaign", "status").returncode == 0 and done(status(world, name)) >= 2:
-                break
-        assert world.osa_grid("campaign", "stop", name).returncode == 0
-        _, err = shepherd.communicate(timeout=60)
-    finally:
-        if shepherd.poll() is None:
-            shepherd.kill()
-    assert shepherd.returncode == 0, err
+    submit_then_stop(world, path, name, "slurm", after_done=2)
     stopped = status(world, name)
     assert stopped["status"] == "stopped" and stopped["backend"] == "slurm"
     # A batch system keeps its jobs when the shepherd leaves; resume collects them and carries on.

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from osa_grid.catalog import schema as s
+from osa_grid.catalog.store import Catalog
 from osa_grid.core.states import TaskState
 from osa_grid.data.checksums import adler32
 
@@ -43,9 +44,9 @@ def _products(world: ToyWorld) -> dict[str, tuple[str, dict[str, object]]]:
         catalog.close()
 
 
-def _done_outputs(world: ToyWorld) -> set[str]:
+def _done_outputs(catalog_url: str) -> set[str]:
     """File names of the outputs of every task the catalog records as done."""
-    catalog = world.catalog()
+    catalog = Catalog.open(catalog_url)
     try:
         with catalog.engine.connect() as conn:
             rows = conn.execute(
@@ -84,7 +85,7 @@ def test_sigkill_at_random_moments_gives_the_clean_result(tmp_path: Path, killed
     kills = 0
     repeated: list[str] = []
     for trial in range(KILLS + 1):
-        done_before = _done_outputs(world)
+        done_before = _done_outputs(world.catalog_url)
         executions_before = _executions(record)
         shepherd = world.start("production", "run", str(production), "--no-live")
         # KILLS starts are killed at a random moment; the last one may finish (a loaded machine is slow).

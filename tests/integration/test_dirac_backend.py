@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,19 +220,125 @@ def test_the_production_survives_a_restart_of_the_dirac_server(world: DiracWorld
     assert _by_step(world.jobs()) == {"calibrate": 6, "merge": 2, "reconstruct": 2, "summarize": 1}
 
 
-def test_a_shepherd_killed_mid_run_adopts_its_jobs_and_submits_nothing_twice(world: DiracWorld) -> None:
-    path = world.write_production(toy_production(world.production, sleep=1))
+def test_a_shepherd_killed_with_its_submission_unanswered_adopts_the_job_and_submits_nothing_twice(
+    world: DiracWorld,
+) -> None:
+    """Deterministic: the shepherd dies after its bulk submission reached DiracX and before the answer.
+
+    The merge submission is the target: by then the shepherd's client exists, so the request that follows
+    its pending files is the submission itself (a fresh client would first read the server's OpenID
+    configuration). The shepherd is frozen as its pending files appear, the server frozen, the shepherd let
+    go (its request waits in the server's socket), killed, and the server let go: DiracX creates the jobs
+    of a shepherd that never learnt their ids.
+    """
+    path = world.write_production(toy_production(world.production))
+    merge = f"{world.production}.merge"
+    server = int((_dirac_dir() / "run" / "diracx.pid").read_text())
     shepherd = world.start("production", "run", str(path), "--no-live", "--backend", "dirac")
-    pending = world.home / "work" / ".dirac-backend" / "pending"
-    # Killed while jobs it submitted are not all recorded as polled (pending files still there).
-    end = time.monotonic() + 60
-    while time.monotonic() < end and not any(pending.glob("*.json")):
-        time.sleep(0.02)
-    os.kill(shepherd.pid, signal.SIGKILL)
-    shepherd.wait(timeout=10)
-    result = world.run(path)
+    pending_dir = world.home / "work" / ".dirac-backend" / "pending"
+    try:
+        tasks = _wait_for_pending(pending_dir, merge, count=2, timeout=90)
+        os.kill(shepherd.pid, signal.SIGSTOP)
+        os.kill(server, signal.SIGSTOP)
+        try:
+            os.kill(shepherd.pid, signal.SIGCONT)
+            _wait_for_request(shepherd.pid, int(world.dirac["DIRACX_URL"].rsplit(":", 1)[1]), timeout=10)
+            os.kill(shepherd.pid, signal.SIGKILL)
+            shepherd.wait(timeout=10)
+        finally:
+            os.kill(server, signal.SIGCONT)
+    finally:
+        if shepherd.poll() is None:
+            shepherd.kill()
+    # The killed shepherd's jobs exist in DIRAC and are nowhere in the catalog.
+    orphans = _wait_for_jobs(world, merge, tasks, timeout=30)
+    catalog = world.catalog()
+    try:
+        assert {t.task_id: t.job_id for t in catalog.tasks(world.production) if t.task_id in tasks} == {
+            task: None for task in tasks
+        }
+    finally:
+        catalog.close()
+
+    result = world.osa_grid(
+        "-v", "production", "run", str(path), "--no-live", "--backend", "dirac", timeout=240
+    )
     assert result.returncode == 0, result.stderr
+    assert "jobs_adopted count=2" in result.stderr
     assert world.status()["counts"] == ALL_DONE
     jobs = world.jobs()
     assert _by_step(jobs) == {"calibrate": 6, "merge": 2, "reconstruct": 2, "summarize": 1}
     assert {j["Status"] for j in jobs} == {"Done"}
+    # One DIRAC job per task (by JobName), and the merge tasks ran as the jobs the killed shepherd submitted.
+    names = Counter(str(j["JobName"]) for j in jobs)
+    assert max(names.values()) == 1, names
+    catalog = world.catalog()
+    try:
+        assert {t.task_id: t.job_id for t in catalog.tasks(world.production) if t.task_id in tasks} == orphans
+        kinds = [e["kind"] for e in catalog.events(production=world.production)]
+        assert "lost" not in kinds  # adopted, not run again
+    finally:
+        catalog.close()
+
+
+def _wait_for_pending(directory: Path, group: str, count: int, timeout: float) -> set[str]:
+    """Task ids of the first ``count`` pending files of the JobGroup, as soon as they are there."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = set()
+        for path in directory.glob("*.json"):
+            try:
+                if json.loads(path.read_text())["group"] == group:
+                    found.add(path.stem)
+            except (OSError, ValueError):
+                continue  # replaced or removed while read
+        if len(found) >= count:
+            return found
+        time.sleep(0.001)
+    raise AssertionError(f"no {count} pending submissions of {group} within {timeout}s")
+
+
+def _wait_for_request(client: int, port: int, timeout: float) -> None:
+    """Until a connection of the process to the (frozen) server holds unread bytes on the server's side."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        inodes = set()
+        for fd in Path(f"/proc/{client}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+        rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        ports = {int(r[1].rsplit(":", 1)[1], 16) for r in rows if r[9] in inodes}
+        for row in rows:
+            local, remote = (int(row[i].rsplit(":", 1)[1], 16) for i in (1, 2))
+            if local == port and remote in ports and int(row[4].split(":")[1], 16) > 0:
+                time.sleep(0.2)  # the rest of the request
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {client} sent nothing to port {port} within {timeout}s")
+
+
+def _wait_for_jobs(world: DiracWorld, group: str, tasks: set[str], timeout: float) -> dict[str, str]:
+    """Job ids by task of the JobGroup's jobs for these tasks, once DiracX has one for each."""
+    end = time.monotonic() + timeout
+    while True:
+        session = DiracSession(world.dirac["DIRACX_URL"], Path(world.dirac["DIRACX_CREDENTIALS_PATH"]))
+        try:
+            rows = session.search(
+                [
+                    {"parameter": "JobGroup", "operator": "eq", "value": group},
+                    {"parameter": "JobName", "operator": "in", "values": sorted(tasks)},
+                ],
+                ["JobID", "JobName"],
+            )
+        finally:
+            session.close()
+        found = {str(r["JobName"]): str(r["JobID"]) for r in rows}
+        if set(found) == tasks or time.monotonic() > end:
+            assert set(found) == tasks, f"DiracX has jobs for {sorted(found)} of {sorted(tasks)}"
+            assert len(rows) == len(tasks), rows
+            return found
+        time.sleep(0.2)

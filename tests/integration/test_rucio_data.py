@@ -131,3 +131,45 @@ def test_server_down_and_bad_credentials_are_clear(rucio_config: Path, tmp_path:
     )
     with pytest.raises(DataServiceError, match="refused our credentials"):
         make_store(wrong, tmp_path).resolve("data_level = R0")
+
+
+def test_query_where_rucio_gives_the_catalogs_answer(
+    rucio_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.toyworld import ToyWorld
+
+    tag = token()
+    store = make_store(rucio_config, tmp_path / "products")
+    files = [*raw_files(tmp_path / "a", tag, 1807, 3), *raw_files(tmp_path / "b", tag, 1808, 3)]
+    store.register_raw(files, "LST_TAPE", lambda f: f"{tag}_R0_Run{f.metadata['run_id']:05d}")
+    monkeypatch.setenv("OSA_GRID_DATA_MANAGER", "rucio")
+    monkeypatch.setenv("OSA_GRID_RUCIO_CONFIG", str(rucio_config))
+    world = ToyWorld(tmp_path / "world")
+    world.root.mkdir()
+    assert world.osa_grid("site", "import", f"test_tag = {tag}").returncode == 0
+
+    queries = [
+        f"test_tag = {tag} and run_id = 1808",
+        f"test_tag = {tag} and (run_id = 1807 and subrun_id >= 1 or subrun_id = 0)",
+        f"test_tag = {tag} and subrun_id in (0, 2)",
+        f"test_tag = {tag} and run_id in 1807..1807 and subrun_id != 1",
+    ]
+    for text in queries:
+        answers = [
+            world.osa_grid("query", text, "--format", "lfn", *where) for where in ([], ["--where", "rucio"])
+        ]
+        assert all(a.returncode == 0 for a in answers), [a.stderr for a in answers]
+        catalog, rucio = (sorted(a.stdout.split()) for a in answers)
+        assert catalog == rucio and catalog, text
+    counted = world.osa_grid("query", f"test_tag = {tag}", "--count", "--where", "rucio")
+    assert counted.stdout.strip() == "6"
+
+    # What list_dids cannot express is refused, naming the part.
+    for text, part in [
+        (f"test_tag = {tag} and not run_id = 1807", "not run_id = 1807"),
+        (f"test_tag = {tag} and exists subrun_id", "exists subrun_id"),
+        (f"test_tag ~ '{tag}*'", "test_tag ~"),
+    ]:
+        refused = world.osa_grid("query", text, "--where", "rucio")
+        assert refused.returncode == 2 and part in refused.stderr, refused.stderr
+        assert "cannot express" in refused.stderr and "Traceback" not in refused.stderr

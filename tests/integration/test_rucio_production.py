@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from osa_grid.catalog.staging import staging_rows
-from osa_grid.data.rucio import RawFile, RucioStore
+from osa_grid.data.rucio import RucioStore
 from osa_grid.ports import StageState
-from osa_grid.steps.toy import make_inputs
-from tests.integration.rucio_server import daemon, ensure_server, token
+from tests.integration.rucio_server import daemon, ensure_server, night_on_tape, token
 from tests.integration.toyworld import ToyWorld, toy_production
 
 pytestmark = pytest.mark.integration
@@ -23,24 +22,7 @@ def test_production_stages_through_the_window_and_registers_dl3(tmp_path: Path) 
     config = ensure_server()
     tag = token()
     store = RucioStore(tmp_path / "unused", "lst", "LST_TAPE", "LST_CACHE", "LST_DL3", ["DL3"], config=config)
-    paths = make_inputs(tmp_path / "raw", [1807, 1808], 2, 20)
-    raw = [
-        RawFile(
-            path,
-            f"{tag}/R0/{path.name}",
-            {
-                "data_level": "R0",
-                "night": "2024-01-15",
-                "run_id": int(path.name.split(".")[1][3:]),
-                "subrun_id": int(path.name.split(".")[2]),
-                "n_subruns": 2,
-                "run_type": "DATA",
-                "test_tag": tag,
-            },
-        )
-        for path in paths
-    ]
-    assert store.register_raw(raw, "LST_TAPE", lambda f: f"{tag}_R0_Run{f.metadata['run_id']:05d}") == 4
+    night_on_tape(store, tmp_path / "raw", tag)
 
     world = ToyWorld(tmp_path / "world")
     world.root.mkdir()

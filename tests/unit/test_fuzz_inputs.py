@@ -8,12 +8,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from osa_grid.core import query as querylang
-from osa_grid.core.loading import build_production, parse_yaml
+from osa_grid.core.loading import build_campaign, build_production, parse_yaml
 from osa_grid.core.metadata import check_metadata
 from osa_grid.core.names import metadata_from_name
 from osa_grid.core.runsummary import parse_summary
 from osa_grid.core.templates import check_relative_path, fields, render
 from osa_grid.errors import BadInput
+from tests.helpers import TOY_PRODUCTION_YAML
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCTION = (REPO / "workflows" / "toy_nightly.yaml").read_text()
@@ -101,3 +102,28 @@ def test_templates(template: str, values: dict[str, str]) -> None:
 @given(mutated("LST-1.{stream:d}.Run{run_id:d}.{subrun_id:d}.fits.fz"), st.text(max_size=40))
 def test_name_patterns(pattern: str, name: str) -> None:
     only_bad_input(metadata_from_name, pattern, name)
+
+
+def _campaign_text() -> str:
+    production = "".join(f"  {line}\n" for line in TOY_PRODUCTION_YAML.splitlines())
+    return (
+        "name: fuzz-campaign\nproduction:\n"
+        + production
+        + "scope:\n  nights: {from: 2026-11-21, to: 2026-11-22}\n  runs: [1807, 1808]\n"
+        + "backend: local\nlimits:\n  max_jobs_in_flight: 4\n"
+        + "products:\n  dataset: fuzz-dl1\n  query: data_level = DL1_RUN\n"
+    )
+
+
+CAMPAIGN = _campaign_text()
+
+
+def test_the_campaign_to_fuzz_is_valid() -> None:
+    campaign, production = build_campaign(parse_yaml(CAMPAIGN, "campaign.yaml"))
+    assert campaign.name == "fuzz-campaign" and production.name == "test-chain"
+
+
+@FUZZ
+@given(st.one_of(mutated(CAMPAIGN), st.text(max_size=300)))
+def test_campaign_yaml(text: str) -> None:
+    only_bad_input(lambda t: build_campaign(parse_yaml(t, "fuzz.yaml")), text)

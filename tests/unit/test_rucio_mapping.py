@@ -48,7 +48,7 @@ def test_queries_become_filter_groups() -> None:
             "osa__subrun_id.gt": 8,
         },
     ]
-    with pytest.raises(BadInput, match="Rucio cannot filter"):
+    with pytest.raises(BadInput, match="list_dids filters cannot express"):
         rucio_filters(querylang.parse("source ~ Mrk*"))
 
 

@@ -1,0 +1,104 @@
+"""Secrets are hidden before they reach a log line, a message or a task's provenance."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from osa_grid.core.redaction import HIDDEN, redact_argv, redact_env, redact_text
+from osa_grid.errors import BadInput, OsaGridError
+from osa_grid.logs import configure, event, get_logger
+from osa_grid.services.notify import WebhookNotifier, notifier_from_url
+
+SECRET = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.~", min_size=6, max_size=40)
+
+
+@given(
+    SECRET, st.sampled_from(["OSA_GRID_RUCIO_PASSWORD", "DIRACX_TOKEN", "api_key", "X_SECRET", "CREDENTIAL"])
+)
+@settings(max_examples=300)
+def test_a_secret_named_variable_is_never_recorded(secret: str, name: str) -> None:
+    assert redact_env({name: secret, "OMP_NUM_THREADS": "1"}) == {name: HIDDEN, "OMP_NUM_THREADS": "1"}
+
+
+@given(SECRET, st.sampled_from(["https", "http", "smtp", "postgresql+psycopg", "amqp"]))
+@settings(max_examples=300)
+def test_the_password_of_a_url_is_hidden_wherever_it_appears(secret: str, scheme: str) -> None:
+    url = f"{scheme}://user:{secret}@host.example.org:99/path?q=1"
+    for text in (url, f"cannot reach {url}: refused", f"NOTIFY={url}"):
+        hidden = redact_text(text)
+        assert secret not in hidden and "user:***@host.example.org" in hidden
+
+
+@given(SECRET)
+@settings(max_examples=300)
+def test_secret_options_in_a_command_line(secret: str) -> None:
+    argv = [
+        "step",
+        "--password",
+        secret,
+        f"--api-key={secret}",
+        f"token={secret}",
+        "--token",
+        secret,
+        "in.h5",
+    ]
+    hidden = redact_argv(argv)
+    assert secret not in " ".join(hidden)
+    assert hidden == [
+        "step",
+        "--password",
+        HIDDEN,
+        f"--api-key={HIDDEN}",
+        f"token={HIDDEN}",
+        "--token",
+        HIDDEN,
+        "in.h5",
+    ]
+
+
+def test_plain_values_are_kept() -> None:
+    argv = [
+        "python",
+        "-m",
+        "lstchain",
+        "--input",
+        "/data/R0/run.fits.fz",
+        "--key-file-less",
+        "x",
+        "--max-events=10",
+    ]
+    assert redact_argv(argv)[:5] == argv[:5] and redact_argv(argv)[-1] == "--max-events=10"
+    assert redact_text("Authorization: Bearer eyJhbGciOi.abc.def") == "Authorization: Bearer ***"
+    assert redact_text("https://host.example.org/path") == "https://host.example.org/path"
+
+
+def test_log_lines_hide_secret_fields_and_urls(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger("osa_grid")
+    saved = (root.handlers[:], root.level, root.propagate)
+    configure(2)  # the CLI's handler, on the (captured) stderr
+    try:
+        logger = get_logger("test")
+        event(logger, "connected", password="pw-1", url="https://u:pw-2@h/x", run=1807)
+        logger.warning("retrying %s", "https://u:pw-3@h/x")
+    finally:  # other tests capture osa-grid's records through the root logger
+        root.handlers[:], root.level, root.propagate = saved[0], saved[1], saved[2]
+    written = capsys.readouterr().err
+    assert "password=*** url=https://u:***@h/x run=1807" in written
+    assert "retrying https://u:***@h/x" in written
+    assert "pw-1" not in written and "pw-2" not in written and "pw-3" not in written
+
+
+def test_notify_errors_never_show_the_urls_credentials() -> None:
+    with pytest.raises(OsaGridError) as raised:
+        WebhookNotifier("http://osa:hook-pw@127.0.0.1:1/hooks/T0/B0").send("subject", "body")
+    assert "hook-pw" not in str(raised.value) and "127.0.0.1:1" in str(raised.value)
+    with pytest.raises(BadInput) as bad:
+        notifier_from_url("smtp://osa:mail-pw@mail.site:25")  # no recipient
+    assert "mail-pw" not in str(bad.value)
+    with pytest.raises(BadInput) as bad:
+        notifier_from_url("gopher://osa:other-pw@site")
+    assert "other-pw" not in str(bad.value)
