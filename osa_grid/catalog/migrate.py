@@ -3,39 +3,51 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from osa_grid.resources import shipped
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# alembic is imported only to migrate: opening an up-to-date catalog (every command) must not pay for it.
+
+
+def _versions() -> list[str]:
+    return sorted(p.name for p in (shipped("catalog") / "migrations" / "versions").glob("[0-9]*_*.py"))
+
+
+def head_revision() -> str | None:
+    """The newest revision: migrations are numbered ``000N_<what>.py`` with revision "000N", in a line."""
+    names = _versions()
+    return names[-1].partition("_")[0] if names else None
+
 
 def _config(connection: Connection) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(shipped("catalog") / "migrations"))
     config.attributes["connection"] = connection
     return config
 
 
-def head_revision() -> str | None:
-    config = Config()
-    config.set_main_option("script_location", str(shipped("catalog") / "migrations"))
-    return ScriptDirectory.from_config(config).get_current_head()
-
-
 def current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.scalar(sa.text("SELECT version_num FROM alembic_version"))
 
 
 def upgrade(engine: Engine) -> None:
     """Migrate to head; a no-op (one small query) when the catalog is already there."""
-    head = head_revision()
     with engine.connect() as connection:
-        if current_revision(connection) == head:
+        if current_revision(connection) == head_revision():
             return
+    from alembic import command
+
     with engine.begin() as connection:
         command.upgrade(_config(connection), "head")
 
@@ -52,6 +64,8 @@ def main() -> None:
     if args.action == "upgrade":
         upgrade(engine)
         return
+    from alembic import command
+
     with engine.begin() as connection:
         command.revision(_config(connection), message=args.message, autogenerate=True)
 

@@ -171,6 +171,20 @@ def test_migrated_database_matches_the_schema_exactly(catalog_url: str) -> None:
         catalog.close()
 
 
+def test_the_numbered_head_is_alembic_head_of_one_line_of_revisions() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from osa_grid.resources import shipped
+
+    config = Config()
+    config.set_main_option("script_location", str(shipped("catalog") / "migrations"))
+    script = ScriptDirectory.from_config(config)
+    assert script.get_heads() == [migrate.head_revision()]
+    revisions = list(script.walk_revisions())
+    assert [r.revision for r in reversed(revisions)] == [f"{n:04d}" for n in range(1, len(revisions) + 1)]
+
+
 def test_opening_twice_is_a_no_op(catalog_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     first = Catalog.open(catalog_url)
     try:
@@ -184,7 +198,9 @@ def test_opening_twice_is_a_no_op(catalog_url: str, monkeypatch: pytest.MonkeyPa
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("the catalog is at head: opening it again must not run a migration")
 
-    monkeypatch.setattr(migrate.command, "upgrade", must_not_run)
+    import alembic.command
+
+    monkeypatch.setattr(alembic.command, "upgrade", must_not_run)
     second = Catalog.open(catalog_url)
     try:
         with second.engine.connect() as conn:
