@@ -237,8 +237,16 @@ def test_a_shepherd_killed_with_its_submission_unanswered_adopts_the_job_and_sub
     shepherd = world.start("production", "run", str(path), "--no-live", "--backend", "dirac")
     pending_dir = world.home / "work" / ".dirac-backend" / "pending"
     try:
-        tasks = _wait_for_pending(pending_dir, merge, count=2, timeout=90)
+        _wait_for_pending(pending_dir, merge, timeout=90)
         os.kill(shepherd.pid, signal.SIGSTOP)
+        # The two runs' merges may go in one batch or two: the frozen batch is the pending files not recorded.
+        catalog = world.catalog()
+        try:
+            recorded = {t.task_id for t in catalog.tasks(world.production) if t.job_id is not None}
+        finally:
+            catalog.close()
+        tasks = _wait_for_pending(pending_dir, merge, timeout=1) - recorded
+        assert tasks, "the shepherd had its answer before it was frozen"
         os.kill(server, signal.SIGSTOP)
         try:
             os.kill(shepherd.pid, signal.SIGCONT)
@@ -264,7 +272,7 @@ def test_a_shepherd_killed_with_its_submission_unanswered_adopts_the_job_and_sub
         "-v", "production", "run", str(path), "--no-live", "--backend", "dirac", timeout=240
     )
     assert result.returncode == 0, result.stderr
-    assert "jobs_adopted count=2" in result.stderr
+    assert f"jobs_adopted count={len(tasks)}" in result.stderr
     assert world.status()["counts"] == ALL_DONE
     jobs = world.jobs()
     assert _by_step(jobs) == {"calibrate": 6, "merge": 2, "reconstruct": 2, "summarize": 1}
@@ -281,8 +289,8 @@ def test_a_shepherd_killed_with_its_submission_unanswered_adopts_the_job_and_sub
         catalog.close()
 
 
-def _wait_for_pending(directory: Path, group: str, count: int, timeout: float) -> set[str]:
-    """Task ids of the first ``count`` pending files of the JobGroup, as soon as they are there."""
+def _wait_for_pending(directory: Path, group: str, timeout: float) -> set[str]:
+    """Task ids of the JobGroup's pending files, as soon as there is one."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         found = set()
@@ -292,10 +300,10 @@ def _wait_for_pending(directory: Path, group: str, count: int, timeout: float) -
                     found.add(path.stem)
             except (OSError, ValueError):
                 continue  # replaced or removed while read
-        if len(found) >= count:
+        if found:
             return found
         time.sleep(0.001)
-    raise AssertionError(f"no {count} pending submissions of {group} within {timeout}s")
+    raise AssertionError(f"no pending submission of {group} within {timeout}s")
 
 
 def _wait_for_request(client: int, port: int, timeout: float) -> None:
