@@ -258,20 +258,7 @@ def parse_squeue(text: str) -> dict[str, SchedulerRecord]:
     records: dict[str, SchedulerRecord] = {}
     for fields in _rows(text, len(SQUEUE_FIELDS)):
         job_id, name, state, reason, raw_status, start, end, comment = fields
-        exit_code, signal = _wait_status(raw_status)
-        record = SchedulerRecord(
-            job_id=job_id,
-            state=base_state(state),
-            reason=_clean(reason),
-            exit_code=exit_code,
-            signal=signal,
-            started_at=parse_time(start),
-            ended_at=parse_time(end),
-            name=name,
-            comment=_clean(comment),
-        )
-        for element in expand_job_ids(job_id):
-            records[element] = _with_id(record, element)
+        _add(records, job_id, name, state, reason, _wait_status(raw_status), start, end, comment)
     return records
 
 
@@ -280,21 +267,35 @@ def parse_sacct(text: str) -> dict[str, SchedulerRecord]:
     records: dict[str, SchedulerRecord] = {}
     for fields in _rows(text, len(SACCT_FIELDS)):
         job_id, name, state, exit_code, reason, start, end, comment = fields
-        code, signal = _exit_code_pair(exit_code)
-        record = SchedulerRecord(
-            job_id=job_id,
-            state=base_state(state),
-            reason=_clean(reason),
-            exit_code=code,
-            signal=signal,
-            started_at=parse_time(start),
-            ended_at=parse_time(end),
-            name=name,
-            comment=_clean(comment),
-        )
-        for element in expand_job_ids(job_id):
-            records[element] = _with_id(record, element)
+        _add(records, job_id, name, state, reason, _exit_code_pair(exit_code), start, end, comment)
     return records
+
+
+def _add(
+    records: dict[str, SchedulerRecord],
+    job_id: str,
+    name: str,
+    state: str,
+    reason: str,
+    exit_pair: tuple[int | None, int | None],
+    start: str,
+    end: str,
+    comment: str,
+) -> None:
+    """One scheduler line, filed under every job id it stands for (an array range names several)."""
+    record = SchedulerRecord(
+        job_id=job_id,
+        state=base_state(state),
+        reason=_clean(reason),
+        exit_code=exit_pair[0],
+        signal=exit_pair[1],
+        started_at=parse_time(start),
+        ended_at=parse_time(end),
+        name=name,
+        comment=_clean(comment),
+    )
+    for element in expand_job_ids(job_id):
+        records[element] = _with_id(record, element)
 
 
 def expand_job_ids(job_id: str) -> list[str]:
