@@ -46,6 +46,11 @@ production_app = typer.Typer(
     help="Run and steer productions (chains of transformations).", no_args_is_help=True
 )
 files_app = typer.Typer(help="Register and inspect files in the catalog.", no_args_is_help=True)
+
+# Arguments and options several production commands share.
+ProductionArgument = Annotated[str, typer.Argument(help="Production name or file")]
+TaskOption = Annotated[Optional[list[str]], typer.Option(help="Only these task ids (prefixes allowed)")]  # noqa: UP045
+TransformationOption = Annotated[Optional[str], typer.Option(help="Only this transformation")]  # noqa: UP045
 app.add_typer(production_app, name="production")
 app.add_typer(files_app, name="files")
 app.add_typer(nightly_app, name="nightly")
@@ -170,7 +175,7 @@ def _summarize(workspace: Workspace, production: Production, report: PassReport,
 @handle_errors
 def production_status(
     ctx: typer.Context,
-    production: Annotated[str, typer.Argument(help="Production name or file")],
+    production: ProductionArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Tasks per transformation and state, and the tasks that failed."""
@@ -257,9 +262,9 @@ def _expand_ids(workspace: Workspace, production: str, prefixes: list[str] | Non
 @handle_errors
 def production_retry(
     ctx: typer.Context,
-    production: Annotated[str, typer.Argument(help="Production name or file")],
-    task: Annotated[Optional[list[str]], typer.Option(help="Only these task ids (prefixes allowed)")] = None,  # noqa: UP045
-    transformation: Annotated[Optional[str], typer.Option(help="Only this transformation")] = None,  # noqa: UP045
+    production: ProductionArgument,
+    task: TaskOption = None,
+    transformation: TransformationOption = None,
 ) -> None:
     """Make failed, vetoed and cancelled tasks ready again (their failure count starts over)."""
     n = _operator_action(
@@ -278,9 +283,9 @@ def production_retry(
 @handle_errors
 def production_cancel(
     ctx: typer.Context,
-    production: Annotated[str, typer.Argument(help="Production name or file")],
-    task: Annotated[Optional[list[str]], typer.Option(help="Only these task ids (prefixes allowed)")] = None,  # noqa: UP045
-    transformation: Annotated[Optional[str], typer.Option(help="Only this transformation")] = None,  # noqa: UP045
+    production: ProductionArgument,
+    task: TaskOption = None,
+    transformation: TransformationOption = None,
 ) -> None:
     """Cancel tasks that have not finished (running jobs are killed)."""
     n = _operator_action(
