@@ -1,4 +1,4 @@
-"""Backends that run job specs: a local process pool (SLURM and DIRAC to follow).
+"""Backends that run job specs: a local process pool, SLURM (sbatch/squeue/sacct) and DIRAC (DiracX).
 
 Backends are named in configuration; ``create_backend`` imports one only when it is asked for,
 so a machine without a batch system's client libraries can still use the others.
