@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from osa_grid.cli.common import console, handle_errors, settings_of
@@ -196,7 +198,12 @@ def _print_table(tonight: Night, rows: list[SequenceStatus]) -> None:
             *(f"{row.progress[label]:.0f}%" for label in tonight.workflow.columns),
             *(figure(row.quality.get(label)) for label in tonight.workflow.quality),
         )
-    console.print(table)
+    out = console
+    if not console.is_terminal:
+        # A log or a pipe: the whole table, not 160 columns of cut cells (the quality figures widen it).
+        needed = Measurement.get(console, console.options.update_width(1000), table).maximum
+        out = Console(width=max(console.width, needed))
+    out.print(table)
 
 
 def _operator(

@@ -46,6 +46,8 @@ TOOLS = {
     "lstchain_check_dl1": "lstchain.scripts.lstchain_check_dl1",
     "lstchain_data_r0_to_dl1": "lstchain.scripts.lstchain_data_r0_to_dl1",
     "lstchain_merge_hdf5_files": "lstchain.scripts.lstchain_merge_hdf5_files",
+    "lstchain_merge_muon_files": "lstchain.scripts.lstchain_merge_muon_files",
+    "lstchain_longterm_dl1_check": "lstchain.scripts.lstchain_longterm_dl1_check",
     "lstchain_dl1_to_dl2": "lstchain.tools.lstchain_dl1_to_dl2",
     "lstchain_mc_r0_to_dl1": "lstchain.scripts.lstchain_mc_r0_to_dl1",
     "lstchain_mc_trainpipe": "lstchain.scripts.lstchain_mc_trainpipe",
@@ -183,13 +185,25 @@ def dl1ab_argv(python: str, dl1: str, output: str, config: str, pedestal_cleanin
     return argv if pedestal_cleaning else [*argv, "--no-pedestal-cleaning"]
 
 
+# lstchain_check_dl1 places the bright stars near each pixel, once per event type: each time astropy tries to
+# download the IERS-A table, fails without network and falls back to its bundled IERS-B (16 attempts, 40 of a
+# sub-run's 60 s). The tool's module is run with the download off: the same bundled table, the same output.
+CHECK_DL1_OFFLINE_IERS = (
+    "import runpy; from astropy.utils import iers; iers.conf.auto_download = False; "
+    f"runpy.run_module('{TOOLS['lstchain_check_dl1']}', run_name='__main__', alter_sys=True)"
+)
+
+
 def check_dl1_argv(python: str, input_pattern: str, output_dir: str) -> list[str]:
     """lstchain_check_dl1 in batch mode without the PDF (the plots take over a minute): the HDF5 only.
 
-    One process: the step declares one core (lstchain would otherwise start four).
+    One process: the step declares one core (lstchain would otherwise start four). astropy's IERS
+    auto-download is off (``CHECK_DL1_OFFLINE_IERS``).
     """
     return [
-        *tool(python, "lstchain_check_dl1"),
+        python,
+        "-c",
+        CHECK_DL1_OFFLINE_IERS,
         f"--input-file={input_pattern}",
         f"--output-dir={output_dir}",
         "--max-cores=1",
@@ -230,6 +244,16 @@ def merge_argv(python: str, input_dir: str, output: str, run_id: int | None = No
     if run_id is not None:
         argv.append(f"--run-number={run_id}")
     return argv
+
+
+def merge_muons_argv(python: str, input_dir: str, output: str, run_id: int) -> list[str]:
+    return [
+        *tool(python, "lstchain_merge_muon_files"),
+        f"--input-dir={input_dir}",
+        f"--output-file={output}",
+        f"--run-number={run_id}",
+        "--pattern=muons_*.fits",
+    ]
 
 
 def dl1_to_dl2_argv(python: str, dl1: str, models_dir: str, output_dir: str, config: str) -> list[str]:
@@ -362,6 +386,33 @@ def check_dl1(args: argparse.Namespace) -> None:
         _run(check_dl1_argv(args.python, str(inputs / "datacheck_dl1_*.h5"), str(work)), work)
         shutil.move(inputs / Path(args.output).name, args.output)
     _require(Path(args.output), "run-wise DL1 datacheck")
+    _run_quality(Path(args.output), args.quality, args.plot)
+
+
+def _run_quality(run_datacheck: Path, quality: str | None, plot: str | None) -> None:
+    """The run's quality figures (the output's metadata file) and its datacheck plot."""
+    from osa_grid.steps import datacheck
+
+    try:
+        if quality:
+            datacheck.write_figures(Path(quality), datacheck.run_figures(run_datacheck))
+        if plot:
+            datacheck.plot_run(run_datacheck, Path(plot), f"DL1 datacheck, {run_datacheck.stem}")
+    except datacheck.DatacheckError as exc:
+        raise SystemExit(f"check-dl1: {exc}") from None
+
+
+def merge_muons(args: argparse.Namespace) -> None:
+    """A run's sub-run muon-ring files -> one run-wise file, and the run's muon figures."""
+    from osa_grid.steps import datacheck
+
+    work = Path(args.workdir)
+    inputs = _link_into(work / "inputs", args.inputs)
+    Path(args.output).unlink(missing_ok=True)  # the tool refuses to overwrite (a retried attempt)
+    _run(merge_muons_argv(args.python, str(inputs), args.output, args.run_id), work)
+    _require(Path(args.output), "merged muon rings")
+    if args.quality:
+        datacheck.write_figures(Path(args.quality), datacheck.muon_figures(Path(args.output)))
 
 
 def calibration(args: argparse.Namespace) -> None:
@@ -435,8 +486,17 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-dl1", help="DL1 -> datacheck; sub-run datachecks -> the run's")
     check.add_argument("--output", required=True, help="the datacheck file lstchain writes")
+    check.add_argument("--quality", default=None, help="run-wise: write the run's figures here (JSON)")
+    check.add_argument("--plot", default=None, help="run-wise: write the run's datacheck plot here (PNG)")
     check.add_argument("inputs", nargs="+")
     check.set_defaults(func=check_dl1)
+
+    muons = sub.add_parser("merge-muons", help="a run's sub-run muon files -> one file + muon figures")
+    muons.add_argument("--run-id", type=int, required=True)
+    muons.add_argument("--output", required=True)
+    muons.add_argument("--quality", default=None, help="write the run's muon figures here (JSON)")
+    muons.add_argument("inputs", nargs="+")
+    muons.set_defaults(func=merge_muons)
 
     calib = sub.add_parser("calibration", help="PEDCALIB run + DRS4 pedestal -> calibration file")
     calib.add_argument("--drs4", required=True, help="the night's DRS4 pedestal file")

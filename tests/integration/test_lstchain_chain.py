@@ -152,9 +152,11 @@ def test_nightly_shepherd_runs_the_lstchain_chain(site: Site) -> None:
     R0 -> DL1, DL1ab, datachecks, merge, DL2) to a closed night. Other run numbers than the night above:
     the nightly production selects raw files by run."""
     base = site.root / "nightsite"
+    # 100 events a sub-run: two interleaved pedestal and two flat-field events, the fewest from which
+    # lstchain_check_dl1 fills its pedestal and flat-field tables (the quality figures below).
     site.run(
         "site", "simulate-night", str(base), "--date", "2025-11-21", "--run", "1811", "--run", "1812",
-        "--subruns", "1", "--events", "60", "--calibration-events", "500", "--raw-run", "1812",
+        "--subruns", "1", "--events", "100", "--calibration-events", "500", "--raw-run", "1812",
     )  # fmt: skip
     summary = base / "monitoring" / "RunSummary" / "RunSummary_20251121.ecsv"
     summary.unlink()
@@ -206,12 +208,26 @@ def test_nightly_shepherd_runs_the_lstchain_chain(site: Site) -> None:
         *(f"DL1/{night}/v0.1/tailcut84/datacheck/datacheck_dl1_LST-1.Run0{r}.h5" for r in (1811, 1812)),
         *(f"DL2/{night}/v0.1/dl2_LST-1.Run0{r}.h5" for r in (1811, 1812)),
         *(f"web/datacheck/{night}/v0.1/datacheck_dl1_LST-1.Run0{r}.h5" for r in (1811, 1812)),
+        *(f"web/datacheck/{night}/v0.1/datacheck_dl1_LST-1.Run0{r}.png" for r in (1811, 1812)),
+        *(f"DL1/{night}/v0.1/muons/muons_LST-1.Run0{r}.fits" for r in (1811, 1812)),
         f"running_analysis/{night}/v0.1/NightFinished.txt",
     ]
     assert [p for p in expected if not (base / p).is_file()] == []
     assert not (base / "R0G" / night / "LST-1.1.Run01811.0000.fits.fz").exists()
     page = (base / "web" / "nightly" / f"{night}.html").read_text()
     assert page.count('data-state="COMPLETED"') == 3 and page.count("<td>Crab</td>") == 2
+    # Quality figures measured from the run datachecks and muon files, in the table and on the page.
+    for run in (1811, 1812):
+        quality = rows[run]["quality"]
+        assert quality["Rate/s"] > 0 and quality["FF"] > 0 and quality["PedNoise"] > 0, quality
+        assert quality["MuRings"] == 0  # the synthetic night has no muons
+    assert all(f"<th>{label}</th>" in page for label in ("Rate/s", "PedNoise", "FF", "MuRings")), page
+    # A real browser loads and decodes each run's datacheck plot from the page (chromium, skipped without).
+    from .browser import loaded_images
+
+    plots = {f"../datacheck/{night}/v0.1/datacheck_dl1_LST-1.Run0{r}.png": r for r in (1811, 1812)}
+    widths = loaded_images(base / "web" / "nightly" / f"{night}.html")
+    assert set(plots) <= set(widths) and all(widths[src] == 800 for src in plots), widths
     import tables
 
     with tables.open_file(

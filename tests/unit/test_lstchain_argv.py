@@ -463,8 +463,9 @@ def test_new_tool_builders() -> None:
     )
     assert steps.check_dl1_argv(PY, "/w/inputs/datacheck_dl1_*.h5", "/w") == [
         PY,
-        "-m",
-        "lstchain.scripts.lstchain_check_dl1",
+        "-c",
+        "import runpy; from astropy.utils import iers; iers.conf.auto_download = False; "
+        "runpy.run_module('lstchain.scripts.lstchain_check_dl1', run_name='__main__', alter_sys=True)",
         "--input-file=/w/inputs/datacheck_dl1_*.h5",
         "--output-dir=/w",
         "--max-cores=1",
@@ -557,9 +558,30 @@ def test_nightly_gain_selection_and_dl1(nightly: Any) -> None:
     )
     subruns = [FileRecord(8 + i, f"x{i}", {**check.outputs[0].metadata, "subrun_id": i}) for i in range(3)]
     run = nightly_task(nightly, "datacheck_dl1_run", subruns, ["/s/a.h5", "/s/b.h5", "/s/c.h5"])
-    assert run.argv[4:] == ["check-dl1", f"--output={WORK}/datacheck_dl1_LST-1.Run01808.h5", "/s/a.h5",
-                            "/s/b.h5", "/s/c.h5"]  # fmt: skip
+    assert run.argv[4:] == ["check-dl1", f"--output={WORK}/datacheck_dl1_LST-1.Run01808.h5",
+                            f"--quality={WORK}/datacheck_dl1_LST-1.Run01808.quality.json",
+                            f"--plot={WORK}/datacheck_dl1_LST-1.Run01808.png", "/s/a.h5", "/s/b.h5",
+                            "/s/c.h5"]  # fmt: skip
     assert run.outputs[0].metadata["data_level"] == "DATACHECK_DL1_RUN"
+    assert run.outputs[1].lfn == "DL1/20251120/v0.1/tailcut84/datacheck/datacheck_dl1_LST-1.Run01808.png"
+    assert run.outputs[1].metadata["data_level"] == "DATACHECK_PLOT"
+    muon_files = [
+        FileRecord(20 + i, f"m{i}", {**r0(1808, i).metadata, "data_level": "MUONS"}) for i in range(3)
+    ]
+    muons = nightly_task(nightly, "merge_muons", muon_files, ["/m/a.fits", "/m/b.fits", "/m/c.fits"])
+    assert muons.argv[4:] == ["merge-muons", "--run-id=1808", f"--output={WORK}/muons_LST-1.Run01808.fits",
+                              f"--quality={WORK}/muons_LST-1.Run01808.quality.json", "/m/a.fits",
+                              "/m/b.fits", "/m/c.fits"]  # fmt: skip
+    assert muons.outputs[0].lfn == "DL1/20251120/v0.1/muons/muons_LST-1.Run01808.fits"
+    assert steps.merge_muons_argv(PY, "/w/inputs", "/w/m.fits", 1808) == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_merge_muon_files",
+        "--input-dir=/w/inputs",
+        "--output-file=/w/m.fits",
+        "--run-number=1808",
+        "--pattern=muons_*.fits",
+    ]
     for name in ("gain_selection", "dl1ab", "datacheck_dl1", "datacheck_dl1_run"):
         t = next(t for t in nightly.transformations if t.name == name)
         assert set(steps.SOFTWARE) <= set(t.step.software) and t.step.resources.memory_gb <= 1.5
