@@ -144,6 +144,9 @@ ensure_database() {
       || fail "bootstrap failed" "$RUCIO_DIR/log/bootstrap.log"
     rm -f "$RUCIO_DIR/run/setup.done"
   fi
+  password | RUCIO_CONFIG=$SERVER_CFG "$VENV/bin/python" "$REPO/scripts/rucio/sync_root_password.py" \
+    2>>"$RUCIO_DIR/log/bootstrap.log" || fail "cannot give the root account this checkout's password" \
+    "$RUCIO_DIR/log/bootstrap.log"
 }
 
 start_server() {
