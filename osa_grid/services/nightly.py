@@ -6,6 +6,7 @@ the night's production, close the night when everything that can be done is done
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, replace
@@ -38,6 +39,7 @@ from osa_grid.services.files import describe_path
 from osa_grid.services.nightweb import render_page, write_page
 from osa_grid.services.notify import Notifier
 from osa_grid.services.productions import definition_of, digest_of
+from osa_grid.services.provenance import production_prov_json
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
 
 log = get_logger("nightly")
@@ -216,10 +218,22 @@ class Night:
         )
         marker = self.analysis_dir() / "NightFinished.txt"
         marker.parent.mkdir(parents=True, exist_ok=True)
+        self._write_provenance()
         marker.write_text(f"night {self.night} closed at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n{summary}\n")
         state = "with problems" if problems else "complete"
         notifier.send(f"osa-grid: night {self.night} closed ({state})", summary)
         event(log, "night_closed", night=self.night, problems=len(problems), forced=forced)
+
+    def provenance_file(self) -> Path:
+        return self.analysis_dir() / f"provenance_{night_dir(self.night)}.json"
+
+    def _write_provenance(self) -> None:
+        """The night's provenance (every product, task, command, software version) in one PROV-JSON file."""
+        document = production_prov_json(self.catalog, self.production.name)
+        path = self.provenance_file()
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(document, indent=1, sort_keys=True, default=str))
+        temporary.replace(path)  # a reader never sees half a document
 
     def web_page(self) -> Path:
         return self.base_dir / "web" / "nightly" / f"{night_dir(self.night)}.html"

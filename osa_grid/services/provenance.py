@@ -28,6 +28,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from osa_grid.catalog.store import INPUT_ROLE, Catalog, CatalogFile
+from osa_grid.core import query as querylang
 from osa_grid.core.metadata import MetaValue
 from osa_grid.errors import BadInput, OsaGridError
 
@@ -232,6 +233,24 @@ def prov_json(graph: Graph) -> dict[str, Any]:
     for task in graph.tasks.values():
         _add_task(document, graph, task)
     return {kind: records for kind, records in document.items() if records}
+
+
+def production_prov_json(catalog: Catalog, production: str) -> dict[str, Any]:
+    """One PROV-JSON document for everything a production made: the upstream graphs of its final products.
+
+    Final products are the production's files that none of its tasks read; their graphs reach every other
+    product, task and attempt, and the files the production started from.
+    """
+    tasks = [row.task_id for row in catalog.tasks(production)]
+    read = {f.id for inputs in catalog.task_inputs(tasks).values() for f in inputs}
+    read |= {f.id for needs in catalog.task_needs(tasks).values() for f in needs.values()}
+    made = catalog.query(f"production = {querylang.literal_text(production)}")
+    finals = [f.lfn for f in made if f.id not in read]
+    merged: dict[str, dict[str, Any]] = {}
+    for lfn in finals:
+        for kind, records in prov_json(upstream(catalog, lfn)).items():
+            merged.setdefault(kind, {}).update(records)
+    return merged
 
 
 def entity_id(item: FileNode) -> str:

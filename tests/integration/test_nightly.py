@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from osa_grid.catalog.store import Catalog
+from osa_grid.core.states import TaskState
 from osa_grid.steps.toy import make_inputs
 
 from .browser import rendered_dom, screenshot
@@ -110,6 +112,7 @@ def test_a_complete_night_is_processed_closed_and_shown(tmp_path: Path) -> None:
     assert (tree / "calibration" / NIGHT_DIR / "v0.1" / "calibration_LST-1.Run01806.csv").is_file()
     assert (tree / "running_analysis" / NIGHT_DIR / "v0.1" / "NightFinished.txt").is_file()
     assert (tree / "web" / "datacheck" / NIGHT_DIR / "v0.1" / f"datacheck_{NIGHT_DIR}.csv").is_file()
+    _night_provenance_is_complete(site, tree / "running_analysis" / NIGHT_DIR / "v0.1")
     page = (tree / "web" / "nightly" / f"{NIGHT_DIR}.html").read_text()
     assert page.count('data-state="COMPLETED"') == 4 and "(closed)" in page
     assert "<th>GammaFrac</th>" in page
@@ -119,6 +122,22 @@ def test_a_complete_night_is_processed_closed_and_shown(tmp_path: Path) -> None:
     assert picture.stat().st_size > 5000
     again = site.nightly("run", "--poll", "0.2")
     assert again.returncode == 0 and "is closed" in again.stdout
+
+
+def _night_provenance_is_complete(site: Site, analysis_dir: Path) -> None:
+    """The night's PROV-JSON holds every product, the task attempt that made it, and the raw files."""
+    document = json.loads((analysis_dir / f"provenance_{NIGHT_DIR}.json").read_text())
+    catalog = Catalog.open(f"sqlite:///{site.root / 'home' / 'catalog.sqlite'}")
+    try:
+        (name,) = catalog.production_names()
+        made = {f.lfn for f in catalog.query(f"production = {name}")}
+        done = [t for t in catalog.tasks(name) if t.state == TaskState.DONE]
+    finally:
+        catalog.close()
+    files = {entity["osa:lfn"] for entity in document["entity"].values() if "osa:lfn" in entity}
+    assert made <= files and any(lfn.startswith("R0/") or "/R0/" in lfn for lfn in files - made)
+    assert len(document["wasGeneratedBy"]) == len(made)
+    assert len(document["activity"]) >= len(done) > 0
 
 
 def test_sub_runs_arriving_late_are_picked_up_on_the_next_pass(tmp_path: Path) -> None:
