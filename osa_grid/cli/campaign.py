@@ -30,6 +30,8 @@ BackendOption = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="Backend (local, slurm, dirac ...); overrides the campaign file's"),
 ]
+OnceOption = Annotated[bool, typer.Option(help="One pass (for cron): submit what can run, then exit")]
+LiveOption = Annotated[bool, typer.Option(help="Show live progress while running")]
 
 
 def _name(workspace: Workspace, name_or_file: str) -> str:
@@ -127,8 +129,8 @@ def submit(
     ctx: typer.Context,
     campaign_file: Annotated[Path, typer.Argument(help="Campaign YAML file")],
     backend: BackendOption = None,
-    once: Annotated[bool, typer.Option(help="One pass (for cron): submit what can run, then exit")] = False,
-    live: Annotated[bool, typer.Option(help="Show live progress while running")] = True,
+    once: OnceOption = False,
+    live: LiveOption = True,
 ) -> None:
     """Register the campaign and run its shepherd until it is done, stopped or cancelled."""
     loaded = campaigns.load_campaign(campaign_file)
@@ -144,8 +146,8 @@ def resume(
     ctx: typer.Context,
     campaign: Annotated[str, typer.Argument(help="Campaign name or file")],
     backend: BackendOption = None,
-    once: Annotated[bool, typer.Option(help="One pass (for cron), then exit")] = False,
-    live: Annotated[bool, typer.Option(help="Show live progress while running")] = True,
+    once: OnceOption = False,
+    live: LiveOption = True,
 ) -> None:
     """Make a stopped campaign active again and run its shepherd (nothing done runs again)."""
     with open_workspace(settings_of(ctx)) as workspace:

@@ -17,6 +17,7 @@ ENV_FILE=$DIRAC_DIR/env
 CREDENTIALS=$DIRAC_DIR/credentials.json
 
 say() { echo "dirac: $*" >&2; }
+source "$REPO/scripts/service_lib.sh"
 
 # The pid in run/$1.pid if that process is alive and is ours (its command line names this directory).
 live_pid() {

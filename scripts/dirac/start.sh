@@ -14,15 +14,6 @@ GROUP=ctao_production
 USER_NAME=osagrid
 USER_SUB=osagrid-0000-0000-0000-000000000001
 
-fail() {
-  say "ERROR: $1"
-  local log
-  for log in "${@:2}"; do
-    [[ -f "$log" ]] && { echo "--- last lines of $log" >&2; tail -n 25 "$log" >&2; }
-  done
-  exit 1
-}
-
 ensure_venv() {
   local marker=$VENV/.installed-$DIRACX_VERSION
   [[ -f "$marker" ]] && return 0

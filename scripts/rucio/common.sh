@@ -16,6 +16,7 @@ CLIENT_CFG=$RUCIO_DIR/etc/client/rucio.cfg
 PID_FILE=$RUCIO_DIR/run/gunicorn.pid
 
 say() { echo "rucio: $*" >&2; }
+source "$REPO/scripts/service_lib.sh"
 
 # Running, and not a zombie waiting to be reaped.
 alive() {

@@ -15,6 +15,7 @@ SLURMDBD_PORT=16819
 MYSQL_ARGS=(-h 127.0.0.1 -P 3306 -u root)
 
 say() { echo "slurm: $*" >&2; }
+source "$REPO/scripts/service_lib.sh"
 
 # Pids of the processes called $1 (the kernel's comm name, e.g. slurmctld).
 pids_of() {

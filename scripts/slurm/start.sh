@@ -9,15 +9,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-fail() {
-  say "ERROR: $1"
-  local log
-  for log in "${@:2}"; do
-    [[ -f "$log" ]] && { echo "--- last lines of $log" >&2; tail -n 25 "$log" >&2; }
-  done
-  exit 1
-}
-
 install_packages() {
   local missing=()
   local package
