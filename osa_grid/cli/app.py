@@ -22,7 +22,7 @@ from osa_grid.cli.views import failures_table, production_table, stuck_staging_t
 from osa_grid.core.metadata import parse_literal
 from osa_grid.core.models import Production
 from osa_grid.core.staging import Window
-from osa_grid.core.states import UNFINISHED, TaskState
+from osa_grid.core.states import CANCEL, RETRY, UNFINISHED, OperatorAction, TaskState
 from osa_grid.core.validation import topological_order
 from osa_grid.errors import BadInput
 from osa_grid.logs import configure
@@ -223,9 +223,7 @@ def production_status(
 def _operator_action(
     ctx: typer.Context,
     production: str,
-    source: list[TaskState],
-    target: TaskState,
-    kind: str,
+    action: OperatorAction,
     task: list[str] | None,
     transformation: str | None,
 ) -> int:
@@ -236,7 +234,7 @@ def _operator_action(
                 t.name for t in prod.transformations
             } else _unknown(transformation, prod)
         task_ids = _expand_ids(workspace, prod.name, task)
-        return len(change_states(workspace, prod.name, source, target, kind, task_ids, transformation))
+        return len(change_states(workspace, prod.name, action, task_ids, transformation))
 
 
 def _unknown(transformation: str, production: Production) -> None:
@@ -267,15 +265,7 @@ def production_retry(
     transformation: TransformationOption = None,
 ) -> None:
     """Make failed, vetoed and cancelled tasks ready again (their failure count starts over)."""
-    n = _operator_action(
-        ctx,
-        production,
-        [TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED],
-        TaskState.READY,
-        "retry",
-        task,
-        transformation,
-    )
+    n = _operator_action(ctx, production, RETRY, task, transformation)
     console.print(f"{n} task(s) ready again; `osa-grid production run` runs them.")
 
 
@@ -288,15 +278,7 @@ def production_cancel(
     transformation: TransformationOption = None,
 ) -> None:
     """Cancel tasks that have not finished (running jobs are killed)."""
-    n = _operator_action(
-        ctx,
-        production,
-        [TaskState.CREATED, TaskState.STAGING, TaskState.READY, TaskState.SUBMITTED, TaskState.RUNNING],
-        TaskState.CANCELLED,
-        "cancel",
-        task,
-        transformation,
-    )
+    n = _operator_action(ctx, production, CANCEL, task, transformation)
     console.print(f"{n} task(s) cancelled.")
 
 

@@ -17,13 +17,13 @@ from osa_grid.cli.common import console, handle_errors, settings_of
 from osa_grid.config import Settings
 from osa_grid.core.nightly import NightlyWorkflow, SequenceStatus
 from osa_grid.core.sequences import NightPlan
-from osa_grid.core.states import TaskState
+from osa_grid.core.states import RETRY, VETO, OperatorAction
 from osa_grid.errors import BadInput
 from osa_grid.resources import shipped
 from osa_grid.services.nightly import Night, NightlyOptions, NightlyShepherd, save_night_production, simulate
 from osa_grid.services.nightweb import figure, identity_cells
 from osa_grid.services.notify import notifier_from_url
-from osa_grid.services.productions import load_nightly_workflow
+from osa_grid.services.productions import change_states, load_nightly_workflow
 from osa_grid.services.workspace import Workspace, open_workspace
 
 nightly_app = typer.Typer(
@@ -213,9 +213,7 @@ def _operator(
     workflow: Path | None,
     run_summary: Path | None,
     run_id: int | None,
-    source: list[TaskState],
-    target: TaskState,
-    kind: str,
+    action: OperatorAction,
 ) -> int:
     with open_workspace(_settings(ctx, base_dir)) as workspace:
         tonight = _night(workspace, workflow, night, run_summary)
@@ -228,10 +226,7 @@ def _operator(
             for row, run in workspace.catalog.tasks_with_key(name, "run_id")
             if run_id is None or run == run_id
         ]
-        changed = workspace.catalog.set_states(
-            name, source, target, kind, task_ids=chosen, reset_failures=target == TaskState.READY
-        )
-        return len(changed)
+        return len(change_states(workspace, name, action, task_ids=chosen))
 
 
 @nightly_app.command("retry")
@@ -245,17 +240,7 @@ def retry(
     run_summary: SummaryOption = None,
 ) -> None:
     """Failed and vetoed steps of the night (or of one run) run again on the next pass."""
-    n = _operator(
-        ctx,
-        night,
-        base_dir,
-        workflow,
-        run_summary,
-        run,
-        [TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED],
-        TaskState.READY,
-        "retry",
-    )
+    n = _operator(ctx, night, base_dir, workflow, run_summary, run, RETRY)
     console.print(f"{n} task(s) ready again")
 
 
@@ -270,17 +255,7 @@ def veto(
     run_summary: SummaryOption = None,
 ) -> None:
     """Stop a run: its waiting and failed steps are vetoed (running jobs finish)."""
-    n = _operator(
-        ctx,
-        night,
-        base_dir,
-        workflow,
-        run_summary,
-        run,
-        [TaskState.READY, TaskState.FAILED],
-        TaskState.VETOED,
-        "veto",
-    )
+    n = _operator(ctx, night, base_dir, workflow, run_summary, run, VETO)
     console.print(f"{n} task(s) vetoed")
 
 

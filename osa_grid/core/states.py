@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from osa_grid.errors import InvalidTransition
@@ -40,6 +41,22 @@ ACTIVE = frozenset({TaskState.SUBMITTED, TaskState.RUNNING})
 TERMINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED})
 UNFINISHED = frozenset(TaskState) - TERMINAL
 RUNNABLE = frozenset({TaskState.STAGING, TaskState.READY, TaskState.SUBMITTED, TaskState.RUNNING})
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """An operator's command on tasks: the states it takes them from, the state it puts them in, its event."""
+
+    kind: str
+    sources: tuple[TaskState, ...]
+    target: TaskState
+
+
+RETRY = OperatorAction("retry", (TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED), TaskState.READY)
+# A campaign's `retry --failed`: what was cancelled stays cancelled.
+RETRY_FAILED = OperatorAction("retry", (TaskState.FAILED, TaskState.VETOED), TaskState.READY)
+VETO = OperatorAction("veto", (TaskState.READY, TaskState.FAILED), TaskState.VETOED)
+CANCEL = OperatorAction("cancel", tuple(s for s in TaskState if s in UNFINISHED), TaskState.CANCELLED)
 
 
 def check_transition(task_id: str, current: TaskState, target: TaskState) -> None:

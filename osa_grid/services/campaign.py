@@ -26,7 +26,7 @@ from osa_grid.core.loading import build_campaign
 from osa_grid.core.models import Production
 from osa_grid.core.planner import input_query
 from osa_grid.core.staging import Window
-from osa_grid.core.states import ACTIVE, TaskState
+from osa_grid.core.states import ACTIVE, CANCEL, RETRY_FAILED, TaskState
 from osa_grid.core.validation import topological_order
 from osa_grid.data import data_manager_from_settings
 from osa_grid.errors import CampaignInvalid
@@ -44,14 +44,6 @@ from osa_grid.services.workspace import Workspace
 from osa_grid.system import identity_is_alive, identity_is_dead
 
 log = get_logger("campaign")
-
-UNFINISHED_STATES = [
-    TaskState.CREATED,
-    TaskState.STAGING,
-    TaskState.READY,
-    TaskState.SUBMITTED,
-    TaskState.RUNNING,
-]
 
 
 @dataclass(frozen=True)
@@ -398,9 +390,7 @@ def retry_failed(workspace: Workspace, name: str) -> int:
     row = _row(workspace.catalog, name)
     if row.status == "cancelled":
         raise CampaignInvalid(f"campaign {name} was cancelled")
-    changed = change_states(
-        workspace, row.production, [TaskState.FAILED, TaskState.VETOED], TaskState.READY, "retry"
-    )
+    changed = change_states(workspace, row.production, RETRY_FAILED)
     if changed and row.status == "done":
         workspace.catalog.update_campaign(name, "campaign_resumed", status="active")
     return len(changed)
@@ -410,7 +400,7 @@ def cancel(workspace: Workspace, name: str) -> int:
     row, loaded = stored_campaign(workspace.catalog, name)
     workspace.settings = campaign_settings(workspace.settings, loaded.campaign, row.backend)
     workspace.catalog.update_campaign(name, "campaign_cancelled", status="cancelled", kill_requested=False)
-    return len(change_states(workspace, row.production, UNFINISHED_STATES, TaskState.CANCELLED, "cancel"))
+    return len(change_states(workspace, row.production, CANCEL))
 
 
 # --------------------------------------------------------------------------------------------- progress

@@ -11,7 +11,7 @@ from osa_grid.catalog.store import TaskRow
 from osa_grid.core.loading import Document, build_nightly_workflow, build_production, parse_yaml
 from osa_grid.core.models import Production
 from osa_grid.core.nightly import NightlyWorkflow
-from osa_grid.core.states import ACTIVE, TaskState
+from osa_grid.core.states import ACTIVE, OperatorAction, TaskState
 from osa_grid.errors import ProductionInvalid
 from osa_grid.resources import shipped
 from osa_grid.services.workspace import Workspace
@@ -95,21 +95,19 @@ def production_from_definition(definition: dict[str, Any]) -> Production:
 def change_states(
     workspace: Workspace,
     production: str,
-    source: list[TaskState],
-    target: TaskState,
-    kind: str,
+    action: OperatorAction,
     task_ids: list[str] | None = None,
     transformation: str | None = None,
 ) -> list[TaskRow]:
     """An operator's action on tasks (retry, cancel); jobs of tasks taken out of a backend are cancelled."""
     changed = workspace.catalog.set_states(
         production,
-        source,
-        target,
-        kind,
+        list(action.sources),
+        action.target,
+        action.kind,
         task_ids=task_ids,
         transformation=transformation,
-        reset_failures=target == TaskState.READY,
+        reset_failures=action.target == TaskState.READY,
     )
     active = [row for row in changed if row.job_id and row.state in ACTIVE]
     for backend_name in {row.backend for row in active if row.backend}:

@@ -145,7 +145,7 @@ def test_plan_shows_the_whole_chain_and_submits_nothing(world: ToyWorld) -> None
 
 def test_stop_in_the_middle_then_resume_ends_with_every_product_once(world: ToyWorld) -> None:
     record = world.root / "executions.log"
-    path = write_campaign(world, record=record, sleep=0.4)
+    path = write_campaign(world, record=record, sleep=1.0)  # long enough to stop it on a loaded machine
     shepherd = world.start("campaign", "submit", str(path), "--no-live")
     try:
         deadline = time.monotonic() + 60
