@@ -1,8 +1,11 @@
 """The Rucio side of ``bench/catalog.py --rucio URL``: the same history in a Rucio scope, the same queries.
 
-The history of ``bench/catalog_history.py`` is registered in a real Rucio server (replicas on an RSE in
-bulk with ``add_replicas``, the metadata under the CTAO names with ``set_dids_metadata_bulk``, tagged
-``osa__bench = <token>`` so that runs on the same server stay apart), then each list query of the fixed set
+The history of ``bench/catalog_history.py`` is registered in a real Rucio server, in a scope of its own
+(``bench``), the metadata under the CTAO names, tagged ``osa__bench = <token>`` so that runs on one server
+stay apart: a sample through the API (replicas on an RSE in bulk with ``add_replicas``, metadata with
+``set_dids_metadata_bulk``: the registration rate), the rest bulk-loaded into Rucio's tables by
+``scripts/rucio/bench_load.py`` (the API's 200 files/s would take hours at a million files), and removed
+again at the end. Then each list query of the fixed set
 runs through ``list_dids`` with the filters ``osa-grid query --where rucio`` uses, and the table puts its
 p50/p95 next to osa-grid's catalog (SQLite, the same files) with the ratio. Queries list_dids cannot
 express (a glob) or that have no Rucio counterpart (provenance, run summaries) are shown as such.
@@ -13,9 +16,13 @@ express (a glob) or that have no Rucio counterpart (provenance, run summaries) a
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import random
 import secrets
 import statistics
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +38,11 @@ from osa_grid.data.rucio import RucioStore
 from osa_grid.errors import BadInput
 
 RSE = "LST_ONSITE"  # bookkeeping only: no bytes are written, as for files Rucio only catalogues
+SCOPE = "bench"  # its own scope: list_dids of the project's scope never scans the benchmark's rows
 BATCH = 1000
+API_SAMPLE = 5000  # files registered through the API (the registration rate); the rest is bulk-loaded
+RUCIO_DIR = Path(__file__).resolve().parent.parent / ".services" / "rucio"
+LOADER = Path(__file__).resolve().parent.parent / "scripts" / "rucio" / "bench_load.py"
 
 
 class RucioSide:
@@ -39,38 +50,84 @@ class RucioSide:
 
     def __init__(self, url: str, config: Path | None) -> None:
         self.store = RucioStore(
-            Path("."), "lst", "LST_TAPE", "LST_CACHE", "LST_DL3", [], config=config, url=url
+            Path("."), SCOPE, "LST_TAPE", "LST_CACHE", "LST_DL3", [], config=config, url=url
         )
         self.tag = f"b{secrets.token_hex(4)}"
+        self.loaded = 0
 
     def fill(self, history: Fill) -> float:
-        """Register the files of the history's runs; returns files per second."""
+        """Register the history's files; returns the API's registration rate in files per second.
+
+        The first API_SAMPLE files go through the API exactly as a production registers them; the rest,
+        at about 200 files/s through the API, would take hours at a million files, so they are
+        bulk-loaded into Rucio's tables (scripts/rucio/bench_load.py writes the rows the API writes).
+        """
         from catalog_history import dl3_file, subrun_files
 
-        client = self.store.client()
+        self._ensure_scope()
         files = [
             f
             for run in history.runs
             for f in (*subrun_files(run, "DL1"), *subrun_files(run, "DL2"), dl3_file(run))
         ]
+        # Every other file of the first runs: a query on those runs is answered from both ways of loading.
+        picked = range(1, 2 * API_SAMPLE, 2)
+        sample = [files[i] for i in picked if i < len(files)]
+        rest = [f for i, f in enumerate(files) if i not in picked]
         start = time.perf_counter()
-        for first in range(0, len(files), BATCH):
-            chunk = files[first : first + BATCH]
-            records = [
-                {"scope": "lst", "name": self._name(f.lfn), "bytes": f.size, "adler32": f.checksum}
-                for f in chunk
-            ]
-            self.store._call("add replicas", client.add_replicas, RSE, records)
-            dids = [
-                {
-                    "scope": "lst",
-                    "name": self._name(f.lfn),
-                    "meta": {**to_ctao(f.metadata), "osa__bench": self.tag},
-                }
-                for f in chunk
-            ]
-            self.store._call("set metadata", client.set_dids_metadata_bulk, dids)
-        return len(files) / (time.perf_counter() - start)
+        for first in range(0, len(sample), BATCH):
+            self._register(sample[first : first + BATCH])
+        rate = len(sample) / (time.perf_counter() - start)
+        self._bulk_load(rest)
+        self.loaded = len(files)
+        return rate
+
+    def _ensure_scope(self) -> None:
+        from rucio.common.exception import Duplicate
+
+        with contextlib.suppress(Duplicate):
+            self.store.client().add_scope("root", SCOPE)
+
+    def _register(self, chunk: Sequence[Any]) -> None:
+        client = self.store.client()
+        records = [
+            {"scope": SCOPE, "name": self._name(f.lfn), "bytes": f.size, "adler32": f.checksum} for f in chunk
+        ]
+        self.store._call("add replicas", client.add_replicas, RSE, records)
+        dids = [{"scope": SCOPE, "name": self._name(f.lfn), "meta": self._meta(f)} for f in chunk]
+        self.store._call("set metadata", client.set_dids_metadata_bulk, dids)
+
+    def _meta(self, new_file: Any) -> dict[str, Any]:
+        return {**to_ctao(new_file.metadata), "osa__bench": self.tag}
+
+    def _bulk_load(self, files: Sequence[Any]) -> None:
+        lines = "".join(
+            json.dumps(
+                {"name": self._name(f.lfn), "bytes": f.size, "adler32": f.checksum, "meta": self._meta(f)}
+            )
+            + "\n"
+            for f in files
+        )
+        self._loader("load", lines)
+
+    def remove(self) -> None:
+        """The benchmark's rows leave the server (its database outlives the run and serves the tests)."""
+        self._loader("delete", "")
+
+    def _loader(self, action: str, lines: str) -> None:
+        python = RUCIO_DIR / "venv" / "bin" / "python"
+        config = RUCIO_DIR / "etc" / "server" / "rucio.cfg"
+        if not python.exists() or not config.exists():
+            raise SystemExit(f"no Rucio server environment under {RUCIO_DIR}: run scripts/rucio/start.sh")
+        done = subprocess.run(
+            [str(python), str(LOADER), action, SCOPE, self.tag],
+            input=lines,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RUCIO_CONFIG": str(config)},
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"bulk {action} into Rucio failed: {done.stderr.strip()}")
 
     def _name(self, lfn: str) -> str:
         return f"{self.tag}{lfn}"
@@ -112,8 +169,11 @@ def compare(url: str, config: Path | None, sizes: Sequence[int], repeat: int) ->
             finally:
                 catalog.close()
         side = RucioSide(url, config)
-        rate = side.fill(history)
-        theirs = {q.name: side.measure(history, q, repeat, seed=size) for q in QUERIES}
+        try:
+            rate = side.fill(history)
+            theirs = {q.name: side.measure(history, q, repeat, seed=size) for q in QUERIES}
+        finally:
+            side.remove()
         show(size, history.files, history.rate, rate, ours, theirs)
 
 
