@@ -96,7 +96,7 @@ def test_a_second_shepherd_on_a_running_campaign_is_refused(tmp_path: Path) -> N
     world = ToyWorld(tmp_path)
     add_nights(world)
     record = tmp_path / "executions.log"
-    path = write_campaign(world, record=record, sleep=0.5)
+    path = write_campaign(world, record=record, sleep=1.5)  # still running for both refusals under load
     first = world.start("campaign", "submit", str(path), "--no-live")
     try:
         deadline = time.monotonic() + 60
