@@ -5,7 +5,8 @@
 #   2. a night written under onsite/ as LST-1 writes it: DRS4 + PEDCALIB runs, three data runs of two
 #      sub-runs with the Crab in wobble (one of them raw, two gains, as before 2025), drive log, RunSummary
 #   3. one `osa-grid nightly run` (workflows/lst_nightly.yaml) takes the night from R0 to a closed night:
-#      calibration, gain selection, R0 -> DL1, DL1ab, datachecks, merge, DL2, quality figures, plots, page
+#      calibration, gain selection, R0 -> DL1, DL1ab, datachecks, merge, DL2, quality figures, plots, the
+#      night-wise datacheck, page
 #   4. the night's status table, product tree and status page are checked
 #   5. DL2 -> DL3 + index (workflows/lst_nightly_dl3.yaml); gammapy counts ON/OFF events at the Crab.
 # About 5 minutes on 2 cores (docs/nightly.md). Without lstchain installed it runs the toy chain instead.
@@ -87,6 +88,10 @@ for run in "${runs[@]}"; do
   expect "web/datacheck/$nd/$p/datacheck_dl1_LST-1.Run0$run.h5"
   expect "web/datacheck/$nd/$p/datacheck_dl1_LST-1.Run0$run.png"
 done
+for kind in h5 html; do
+  expect "DL1/$nd/$p/tailcut84/datacheck/DL1_datacheck_$nd.$kind"
+  expect "web/datacheck/$nd/$p/DL1_datacheck_$nd.$kind"
+done
 expect "R0G/$nd/LST-1.1.Run01809.0000.fits.fz"
 expect "running_analysis/$nd/$p/NightFinished.txt"
 expect "web/nightly/$nd.html"
@@ -96,8 +101,10 @@ for run in "${runs[@]}"; do
   grep -q "src=\"../datacheck/$nd/$p/datacheck_dl1_LST-1.Run0$run.png\"" "onsite/web/nightly/$nd.html" ||
     fail "the page does not show the datacheck plot of run $run"
 done
+grep -q "href=\"../datacheck/$nd/$p/DL1_datacheck_$nd.html\"" "onsite/web/nightly/$nd.html" ||
+  fail "the page does not link the night-wise datacheck"
 echo "products: all there (onsite/{calibration,R0G,DL1,DL2,web,running_analysis}/$nd/...)"
-echo "page: onsite/web/nightly/$nd.html (closed, with the runs' datacheck plots)"
+echo "page: onsite/web/nightly/$nd.html (closed, with the runs' datacheck plots and the night-wise datacheck)"
 lap
 
 echo "== 5. DL2 -> DL3 and the night's index (workflows/lst_nightly_dl3.yaml), then gammapy at the Crab"

@@ -239,14 +239,16 @@ class Night:
         return self.base_dir / "web" / "nightly" / f"{night_dir(self.night)}.html"
 
     def write_page(self) -> Path:
-        """Regenerate the status page; datacheck plots published for the night are shown on it."""
+        """Regenerate the status page; datacheck plots published for the night are shown on it, datacheck
+        pages linked from it."""
         page = self.web_page()
         images = [os.path.relpath(p, page.parent) for p in self.datacheck_plots()]
-        write_page(page, self.page(images))
+        pages = [os.path.relpath(p, page.parent) for p in self.datacheck_pages()]
+        write_page(page, self.page(images, pages=pages))
         return page
 
-    def page(self, images: list[str], refresh: int | None = None) -> str:
-        """The status page, showing ``images`` (links to the datacheck plots)."""
+    def page(self, images: list[str], refresh: int | None = None, pages: list[str] | None = None) -> str:
+        """The status page, showing ``images`` (links to the datacheck plots) and linking ``pages``."""
         return render_page(
             self.night,
             self.status(),
@@ -255,17 +257,25 @@ class Night:
             images,
             list(self.workflow.quality),
             refresh,
+            pages or [],
         )
 
     def datacheck_plots(self) -> list[Path]:
         """The plots published for the night (the workflow's publish directories)."""
+        return self._published("*.png")
+
+    def datacheck_pages(self) -> list[Path]:
+        """The web pages published for the night (the night-wise datacheck's)."""
+        return self._published("*.html")
+
+    def _published(self, pattern: str) -> list[Path]:
         values = parameters(self.workflow, self.night)
-        plots: list[Path] = []
+        found: list[Path] = []
         for rule in self.workflow.publish:
             directory = self.base_dir / templates.render(rule.directory, values, "publish")
             if directory.is_dir():
-                plots += sorted(directory.glob("*.png"))
-        return plots
+                found += sorted(directory.glob(pattern))
+        return found
 
     def analysis_dir(self) -> Path:
         return self.base_dir / "running_analysis" / night_dir(self.night) / self.workflow.prod_id

@@ -69,10 +69,13 @@ class NightPages:
             raise BadInput(f"night {night}: the site has no run summary for it")
         tonight = Night(self.workflow, night, self.base_dir, self.catalog)
         web = self.base_dir / "web"
-        images = [
-            "/web/" + str(p.relative_to(web)) for p in tonight.datacheck_plots() if p.is_relative_to(web)
-        ]
-        return tonight.page(images, self.refresh)
+
+        def served(paths: list[Path]) -> list[str]:
+            return ["/web/" + str(p.relative_to(web)) for p in paths if p.is_relative_to(web)]
+
+        return tonight.page(
+            served(tonight.datacheck_plots()), self.refresh, served(tonight.datacheck_pages())
+        )
 
     def published(self, relative: str) -> Path | None:
         """A file under ``<base>/web/``, or None (also for any path that would leave it)."""

@@ -30,8 +30,10 @@ def render_page(
     images: Sequence[str],
     quality: Sequence[str] = (),
     refresh: int | None = None,
+    pages: Sequence[str] = (),
 ) -> str:
-    """The page; ``refresh`` (seconds) makes browsers reload it (pages served live by ``osa-grid web``)."""
+    """The page; ``refresh`` (seconds) makes browsers reload it (pages served live by ``osa-grid web``);
+    ``pages`` are links to published datacheck pages (the night-wise datacheck's)."""
     header = "".join(f"<th>{html.escape(h)}</th>" for h in (*HEADERS, *columns, *quality))
     body = (
         "\n".join(_row(row, columns, quality) for row in rows)
@@ -42,6 +44,10 @@ def render_page(
     plots = "\n".join(
         f'<figure><img src="{html.escape(src)}" alt="{html.escape(src)}"></figure>' for src in images
     )
+    links = "".join(
+        f'<li><a href="{html.escape(href)}">{html.escape(href.rsplit("/", 1)[-1])}</a></li>' for href in pages
+    )
+    datacheck_pages = f'<ul id="datacheck-pages">{links}</ul>' if links else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">{reload}<title>osa-grid night {night}</title>
 <style>
@@ -59,6 +65,7 @@ figure img {{ max-width: 45%; }}
 <tbody>
 {body}
 </tbody></table>
+{datacheck_pages}
 {plots}
 </body></html>
 """

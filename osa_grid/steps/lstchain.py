@@ -12,6 +12,8 @@ pure functions below, runs it, and leaves the outputs where osa-grid expects the
                   configuration found in the job's own lstchain installation)
     check-dl1     DL1 sub-run files -> their datacheck file; a run's sub-run datacheck files -> the
                   run-wise one (lstchain reads a file pattern and writes next to its first input)
+    night-check   a night's run-wise datacheck files (and sub-run muon files) -> the night-wise
+                  datacheck and its web page (lstchain reads whole directories)
     merge         a run's sub-run DL1 files -> one run-wise DL1 file (lstchain wants a directory)
     dl1-to-dl2    DL1 + the four model files -> DL2 (lstchain wants the models in one directory)
     dl3           DL2 + an IRF file -> DL3 (lstchain wants an IRF directory and a file pattern)
@@ -63,6 +65,10 @@ MODEL_FILES = ("reg_energy.sav", "reg_disp_norm.sav", "cls_disp_sign.sav", "cls_
 DEFAULT_CALIBRATION_SAMPLE = 2500
 
 _R0 = re.compile(r"^LST-1\.(?P<stream>\d)\.Run(?P<run>\d{5})\.(?P<subrun>\d{4})\.fits\.fz$")
+# What lstchain_longterm_dl1_check reads: the run-wise datachecks (its own glob, Run?????) and the sub-run
+# muon files it looks up by run and sub-run.
+_RUN_DATACHECK = re.compile(r"^datacheck_dl1_LST-1\.Run\d{5}\.h5$")
+_SUBRUN_MUONS = re.compile(r"^muons_LST-1\.Run\d{5}\.\d{4}\.fits$")
 
 
 # ------------------------------------------------------------------------------------------ names
@@ -104,6 +110,10 @@ def datacheck_dl1_subrun_name(run_id: int, subrun_id: int) -> str:
 
 def datacheck_dl1_run_name(run_id: int) -> str:
     return f"datacheck_dl1_LST-1.Run{run_id:05d}.h5"
+
+
+def datacheck_dl1_night_name(night: date) -> str:
+    return f"DL1_datacheck_{night:%Y%m%d}.h5"
 
 
 def run_summary_name(night: date) -> str:
@@ -210,6 +220,31 @@ def check_dl1_argv(python: str, input_pattern: str, output_dir: str) -> list[str
         "--batch",
         "--omit-pdf",
     ]
+
+
+def longterm_check_argv(python: str, input_dir: str, muons_dir: str, output: str) -> list[str]:
+    """The night-wise datacheck over every run-wise datacheck of ``input_dir``; lstchain also writes the web
+    page (``.html``) and its warnings (``.log``) next to ``output``. Batch mode: no browser is opened."""
+    return [
+        *tool(python, "lstchain_longterm_dl1_check"),
+        f"--input-dir={input_dir}",
+        f"--muons-dir={muons_dir}",
+        f"--output-file={output}",
+        "--batch",
+    ]
+
+
+def split_night_inputs(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(run-wise datacheck files, sub-run muon files) of a night-wise check's inputs, sorted; ValueError for
+    anything else, or no run datacheck: lstchain would skip a misnamed file without a word."""
+    datachecks = sorted(n for n in names if _RUN_DATACHECK.match(Path(n).name))
+    muons = sorted(n for n in names if _SUBRUN_MUONS.match(Path(n).name))
+    others = sorted(set(names) - set(datachecks) - set(muons))
+    if others:
+        raise ValueError(f"not a run-wise datacheck nor a sub-run muon file: {', '.join(others)}")
+    if not datachecks:
+        raise ValueError("no run-wise datacheck file (datacheck_dl1_LST-1.RunNNNNN.h5) among the inputs")
+    return datachecks, muons
 
 
 def calibration_argv(
@@ -402,6 +437,27 @@ def _run_quality(run_datacheck: Path, quality: str | None, plot: str | None) -> 
         raise SystemExit(f"check-dl1: {exc}") from None
 
 
+def night_check(args: argparse.Namespace) -> None:
+    """The night's run-wise datachecks and muon files -> the night-wise datacheck (HDF5) and its web page."""
+    try:
+        datachecks, muons = split_night_inputs(args.inputs)
+    except ValueError as exc:
+        raise SystemExit(f"night-check: {exc}") from None
+    work = Path(args.workdir)
+    inputs = _link_into(work / "inputs", datachecks)
+    muons_dir = _link_into(work / "muons", muons)
+    output = Path(args.output)
+    _run(longterm_check_argv(args.python, str(inputs), str(muons_dir), str(output)), work)
+    _require(output, "night-wise DL1 datacheck")
+    written = output.with_suffix(".html")
+    _require(written, "night-wise DL1 datacheck page")
+    if written != Path(args.page):
+        shutil.move(written, args.page)
+    warnings = output.with_suffix(".log")
+    if warnings.is_file():  # lstchain's list of values beyond their limits: kept in the task's log
+        print(warnings.read_text(), end="")
+
+
 def merge_muons(args: argparse.Namespace) -> None:
     """A run's sub-run muon-ring files -> one run-wise file, and the run's muon figures."""
     from osa_grid.steps import datacheck
@@ -490,6 +546,12 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--plot", default=None, help="run-wise: write the run's datacheck plot here (PNG)")
     check.add_argument("inputs", nargs="+")
     check.set_defaults(func=check_dl1)
+
+    night = sub.add_parser("night-check", help="a night's run datachecks (+ muon files) -> night-wise check")
+    night.add_argument("--output", required=True, help="the night-wise datacheck (HDF5)")
+    night.add_argument("--page", required=True, help="its web page (HTML)")
+    night.add_argument("inputs", nargs="+", help="run-wise datacheck files and sub-run muon files")
+    night.set_defaults(func=night_check)
 
     muons = sub.add_parser("merge-muons", help="a run's sub-run muon files -> one file + muon figures")
     muons.add_argument("--run-id", type=int, required=True)

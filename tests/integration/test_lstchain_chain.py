@@ -197,6 +197,7 @@ def test_nightly_shepherd_runs_the_lstchain_chain(site: Site) -> None:
         assert rows[run]["progress"] == {"CALIB%": 0.0, "DL1%": 100.0, "DL1AB%": 100.0, "DATACHECK%": 100.0,
                                          "DL2%": 100.0}  # fmt: skip
     night = "20251121"
+    datacheck = f"DL1/{night}/v0.1/tailcut84/datacheck"
     expected = [
         *(f"R0G/{night}/LST-1.{s}.Run01812.0000.fits.fz" for s in range(1, 5)),  # the raw run only
         f"calibration/{night}/v0.1/drs4_pedestal.Run01809.0000.h5",
@@ -210,6 +211,11 @@ def test_nightly_shepherd_runs_the_lstchain_chain(site: Site) -> None:
         *(f"web/datacheck/{night}/v0.1/datacheck_dl1_LST-1.Run0{r}.h5" for r in (1811, 1812)),
         *(f"web/datacheck/{night}/v0.1/datacheck_dl1_LST-1.Run0{r}.png" for r in (1811, 1812)),
         *(f"DL1/{night}/v0.1/muons/muons_LST-1.Run0{r}.fits" for r in (1811, 1812)),
+        *(
+            f"{d}/DL1_datacheck_{night}.{x}"
+            for d in (datacheck, f"web/datacheck/{night}/v0.1")
+            for x in ("h5", "html")
+        ),
         f"running_analysis/{night}/v0.1/NightFinished.txt",
     ]
     assert [p for p in expected if not (base / p).is_file()] == []
@@ -234,3 +240,26 @@ def test_nightly_shepherd_runs_the_lstchain_chain(site: Site) -> None:
         base / f"DL1/{night}/v0.1/tailcut84/datacheck/datacheck_dl1_LST-1.Run01812.h5"
     ) as f:
         assert f.root.dl1datacheck.cosmics.nrows >= 1
+    check_night_wise_datacheck(site, base, f"{datacheck}/DL1_datacheck_{night}.h5", page)
+
+
+def check_night_wise_datacheck(site: Site, base: Path, lfn: str, page: str) -> None:
+    """lstchain_longterm_dl1_check's file: a row per data run, the sub-run tables, registered in the catalog
+    with the run datachecks as its provenance, its page linked from the night's page."""
+    import pandas
+    import tables
+
+    with tables.open_file(base / lfn) as f:
+        assert {"runsummary", "pixwise_runsummary", "pixwise_runsummary_no_stars", "cosmics", "pedestals",
+                "flatfield"} <= set(f.root._v_children), f  # fmt: skip
+    runs = pandas.read_hdf(base / lfn, "runsummary")
+    assert sorted(runs["runnumber"]) == [1811, 1812] and (runs["num_cosmics"] > 0).all(), runs
+    assert len(pandas.read_hdf(base / lfn, "cosmics")) == 2  # one row per sub-run
+    found = site.run("query", "data_level = DATACHECK_DL1_NIGHT", "--json").stdout
+    assert [json.loads(line)["lfn"] for line in found.splitlines() if line.strip()] == [lfn]
+    document = json.loads(site.run("provenance", lfn, "-f", "prov-json", "--all").stdout)
+    levels = [e.get("osa:data_level") for e in document["entity"].values()]
+    assert levels.count("DATACHECK_DL1_RUN") == 2 and levels.count("MUONS") == 2, levels
+    assert "DATACHECK_DL1" in levels and "R0" in levels  # down to the sub-run datachecks and raw files
+    name = lfn.rsplit("/", 1)[1].replace(".h5", ".html")
+    assert f'<a href="../datacheck/20251121/v0.1/{name}">{name}</a>' in page

@@ -621,3 +621,100 @@ def test_gain_selection_passes_gain_selected_data_through(tmp_path: Path) -> Non
     with pytest.raises(SystemExit) as stopped:
         steps.main([*argv, "--evb-preprocessing=NONE", str(first)])
     assert stopped.value.code == 4
+
+
+# ------------------------------------------------------------------------------------ night-wise datacheck
+def test_night_check_builder_and_inputs() -> None:
+    assert steps.longterm_check_argv(PY, "/w/inputs", "/w/muons", "/w/DL1_datacheck_20251120.h5") == [
+        PY,
+        "-m",
+        "lstchain.scripts.lstchain_longterm_dl1_check",
+        "--input-dir=/w/inputs",
+        "--muons-dir=/w/muons",
+        "--output-file=/w/DL1_datacheck_20251120.h5",
+        "--batch",
+    ]
+    assert steps.datacheck_dl1_night_name(NIGHT) == "DL1_datacheck_20251120.h5"
+    run_checks = ["/d/datacheck_dl1_LST-1.Run01808.h5", "/d/datacheck_dl1_LST-1.Run01807.h5"]
+    muons = ["/m/muons_LST-1.Run01807.0001.fits", "/m/muons_LST-1.Run01807.0000.fits"]
+    assert steps.split_night_inputs([*muons, *run_checks]) == (sorted(run_checks), sorted(muons))
+    # A sub-run datacheck or a merged muon file would be skipped by lstchain's globs without a word.
+    for stray in ("/d/datacheck_dl1_LST-1.Run01807.0000.h5", "/m/muons_LST-1.Run01807.fits"):
+        with pytest.raises(ValueError, match="not a run-wise datacheck"):
+            steps.split_night_inputs([*run_checks, stray])
+    with pytest.raises(ValueError, match="no run-wise datacheck"):
+        steps.split_night_inputs(muons)
+
+
+def test_nightly_night_wise_datacheck(nightly: Any) -> None:
+    t = next(t for t in nightly.transformations if t.name == "datacheck_dl1_night")
+    # The night's run datachecks and sub-run muon files, once nothing upstream can add one.
+    assert t.grouping.mode == "all" and t.grouping.flush_policy == "when_upstream_done"
+    assert set(t.input.parents) == {"datacheck_dl1_run", "r0_to_dl1", "r0g_to_dl1"}
+    files = [
+        FileRecord(1, "a", {**r0(1807, 0).metadata, "data_level": "DATACHECK_DL1_RUN"}),
+        FileRecord(2, "b", {**r0(1808, 0).metadata, "data_level": "DATACHECK_DL1_RUN"}),
+        FileRecord(3, "c", {**r0(1808, 0).metadata, "data_level": "MUONS"}),
+    ]
+    task = nightly_task(nightly, "datacheck_dl1_night", files, ["/s/a.h5", "/s/b.h5", "/s/c.fits"])
+    assert task.argv[4:] == ["night-check", f"--output={WORK}/DL1_datacheck_20251120.h5",
+                             f"--page={WORK}/DL1_datacheck_20251120.html", "/s/a.h5", "/s/b.h5",
+                             "/s/c.fits"]  # fmt: skip
+    # Next to the run datachecks, the night only in the metadata (no run of its own).
+    assert [(o.lfn, o.metadata["data_level"], o.verify) for o in task.outputs] == [
+        ("DL1/20251120/v0.1/tailcut84/datacheck/DL1_datacheck_20251120.h5", "DATACHECK_DL1_NIGHT", "hdf5"),
+        (
+            "DL1/20251120/v0.1/tailcut84/datacheck/DL1_datacheck_20251120.html",
+            "DATACHECK_DL1_NIGHT_PAGE",
+            None,
+        ),
+    ]
+    assert all(o.metadata["night"] == NIGHT and "run_id" not in o.metadata for o in task.outputs)
+    published = nightly.publish[0].query
+    assert "DATACHECK_DL1_NIGHT" in published and "DATACHECK_DL1_NIGHT_PAGE" in published
+
+
+def fake_longterm_tool(tmp_path: Path, writes: bool) -> Path:
+    """An interpreter standing in for lstchain_longterm_dl1_check: it lists the directories it is given and
+    writes the three files next to --output-file (or nothing)."""
+    script = tmp_path / "python"
+    body = (
+        'for a in "$@"; do case "$a" in --input-dir=*) ls "${a#*=}" > seen_inputs;; '
+        '--muons-dir=*) ls "${a#*=}" > seen_muons;; --output-file=*) out="${a#*=}";; esac; done\n'
+    )
+    if writes:
+        body += (
+            'echo h5 > "$out"; echo html > "${out%.h5}.html"; echo "Run 1807: low rate" > "${out%.h5}.log"\n'
+        )
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+def test_night_check_links_inputs_and_collects_the_page(tmp_path: Path, capsys: Any) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [
+        "datacheck_dl1_LST-1.Run01807.h5",
+        "datacheck_dl1_LST-1.Run01808.h5",
+        "muons_LST-1.Run01807.0000.fits",
+    ]
+    for name in names:
+        (data / name).write_text(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    output, page = work / "DL1_datacheck_20251120.h5", work / "night.html"
+    python = fake_longterm_tool(tmp_path, writes=True)
+    argv = ["--python", str(python), "--workdir", str(work), "night-check", f"--output={output}"]
+    steps.main([*argv, f"--page={page}", *(str(data / n) for n in names)])
+    assert (work / "seen_inputs").read_text().split() == names[:2]
+    assert (work / "seen_muons").read_text().split() == names[2:]
+    assert output.read_text() == "h5\n" and page.read_text() == "html\n"
+    assert "Run 1807: low rate" in capsys.readouterr().out  # lstchain's warnings land in the task's log
+    python = fake_longterm_tool(tmp_path, writes=False)
+    output.unlink()
+    with pytest.raises(SystemExit) as stopped:
+        steps.main(["--python", str(python), *argv[2:], f"--page={page}", str(data / names[0])])
+    assert stopped.value.code == 1
+    with pytest.raises(SystemExit, match="no run-wise datacheck"):
+        steps.main([*argv, f"--page={page}", str(data / names[2])])
