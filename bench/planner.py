@@ -147,21 +147,25 @@ def register_subruns(catalog: Any, start: int, stop: int, chunk: int = 20_000) -
         catalog.register_files(batch)
 
 
-def worker_catalog_setup(n: int, root: str) -> dict[str, Any]:
+def worker_catalog_setup(n: int, url: str) -> dict[str, Any]:
     from osa_grid.catalog.store import Catalog
     from osa_grid.services.productions import definition_of, digest_of, production_from_definition
 
     production = production_from_definition(production_definition())
-    catalog = Catalog.open(f"sqlite:///{root}/catalog.sqlite")
+    catalog = Catalog.open(url)
     catalog.save_production(production.name, definition_of(production), digest_of(production), None)
     start = time.perf_counter()
     register_subruns(catalog, 0, n)
     seconds = time.perf_counter() - start
+    if catalog.engine.dialect.name == "postgresql":
+        # Statistics as autovacuum would have them for a catalog in service (copies inherit them).
+        with catalog.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
     catalog.close()
-    return {"n": n, "register_s": seconds, "db_bytes": _db_bytes(Path(root))}
+    return {"n": n, "register_s": seconds, "db_bytes": catalog_bytes(url)}
 
 
-def worker_catalog_plan(n: int, root: str) -> dict[str, Any]:
+def worker_catalog_plan(n: int, url: str, root: str) -> dict[str, Any]:
     from simbackend import SimulatedBackend
 
     from osa_grid.catalog.store import Catalog
@@ -169,7 +173,7 @@ def worker_catalog_plan(n: int, root: str) -> dict[str, Any]:
     from osa_grid.services.productions import production_from_definition
     from osa_grid.services.shepherd import PassReport, Shepherd
 
-    catalog = Catalog.open(f"sqlite:///{root}/catalog.sqlite")
+    catalog = Catalog.open(url)
     production = production_from_definition(catalog.production_definition(PRODUCTION))
     shepherd = Shepherd(
         catalog, SimulatedBackend(), LocalStore(Path(root) / "data"), production, Path(root) / "work"
@@ -184,18 +188,21 @@ def worker_catalog_plan(n: int, root: str) -> dict[str, Any]:
     phases.wrap(shepherd_module, "plan_groups", "plan_groups")
     baseline = peak_rss_bytes()
     report = PassReport()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     shepherd.plan(report)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     catalog.close()
+    if report.created != n:
+        raise RuntimeError(f"the pass created {report.created} tasks for {n} sub-runs")
     return {
         "n": n,
         "plan_s": seconds,
+        "cpu_s": cpu,
         "created": report.created,
         "phases": phases.totals,
         "peak_rss": peak_rss_bytes(),
         "baseline_rss": baseline,
-        "db_bytes": _db_bytes(Path(root)),
+        "db_bytes": catalog_bytes(url),
     }
 
 
@@ -220,6 +227,73 @@ class _Phases:
 
 def _db_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.glob("catalog.sqlite*"))
+
+
+def catalog_bytes(url: str) -> int:
+    """The size of a catalog: its SQLite files, or its PostgreSQL database."""
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _db_bytes(Path(str(parsed.database)).parent)
+    engine = sa.create_engine(parsed)
+    try:
+        with engine.connect() as conn:
+            return int(conn.scalar(sa.text("SELECT pg_database_size(current_database())")) or 0)
+    finally:
+        engine.dispose()
+
+
+class CatalogCopies:
+    """One catalog registered once, then copied for each source tree that plans it (the same data for all).
+
+    SQLite: the file is copied. PostgreSQL (``server``: a URL of the server's maintenance database): a
+    database per copy, ``CREATE DATABASE ... TEMPLATE`` of the registered one; all are dropped at the end.
+    """
+
+    def __init__(self, root: Path, server: str | None) -> None:
+        self.root, self.server = root, server
+        self.databases: list[str] = []
+        self.prefix = f"osagrid_bench_{os.getpid()}_{int(time.time())}"
+
+    def _admin(self, statement: str) -> None:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(str(self.server), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(statement))
+        finally:
+            engine.dispose()
+
+    def _url(self, database: str) -> str:
+        import sqlalchemy as sa
+
+        return sa.make_url(str(self.server)).set(database=database).render_as_string(hide_password=False)
+
+    def original(self, n: int) -> str:
+        if self.server is None:
+            return f"sqlite:///{self.root}/catalog.sqlite"
+        name = f"{self.prefix}_{n}"
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        self.databases.append(name)
+        return self._url(name)
+
+    def copy(self, n: int, label: str) -> tuple[str, Path]:
+        work = self.root / label
+        work.mkdir()
+        if self.server is None:
+            shutil.copy(self.root / "catalog.sqlite", work / "catalog.sqlite")
+            return f"sqlite:///{work}/catalog.sqlite", work
+        name = f"{self.prefix}_{n}_{len(self.databases)}"
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.prefix}_{n}"')
+        self.databases.append(name)
+        return self._url(name), work
+
+    def drop(self) -> None:
+        for name in reversed(self.databases):
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.databases.clear()
 
 
 # ---------------------------------------------------------------------- passes against history
@@ -531,9 +605,13 @@ def _measure_passes(world: World, shepherd: Any, in_flight: list[int], repeats: 
 # ------------------------------------------------------------------------------- driver
 
 
-def run_worker(*args: str) -> dict[str, Any]:
+def run_worker(*args: str, tree: Path | None = None) -> dict[str, Any]:
+    """A worker in a fresh process; ``tree``: import osa_grid from that source tree."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"worker {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -546,7 +624,7 @@ def worker_main(args: list[str]) -> None:
     elif kind == "catalog-setup":
         out = worker_catalog_setup(int(rest[0]), rest[1])
     elif kind == "catalog-plan":
-        out = worker_catalog_plan(int(rest[0]), rest[1])
+        out = worker_catalog_plan(int(rest[0]), rest[1], rest[2])
     elif kind == "fidelity":
         out = worker_fidelity(rest[0])
     elif kind == "passes":
@@ -557,6 +635,9 @@ def worker_main(args: list[str]) -> None:
 
 
 def _sizes(text: str) -> list[int]:
+    """Sizes separated by commas; "none": skip that measurement."""
+    if text.strip().lower() == "none":
+        return []
     return [int(float(x)) for x in text.split(",") if x.strip()]
 
 
@@ -573,12 +654,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--pure", type=_sizes, default=None, help="sizes for plan_groups (default 10k,100k,1M)"
+        "--pure", type=_sizes, default=None, help="sizes for plan_groups (default 10k,100k,1M; none: skip)"
     )
     parser.add_argument(
-        "--catalog", type=_sizes, default=None, help="sizes for the catalog pass (default 10k,100k)"
+        "--catalog",
+        type=_sizes,
+        default=None,
+        help="sizes for the catalog pass (default 10k,100k; none: skip)",
     )
-    parser.add_argument("--history", type=_sizes, default=None, help="finished tasks (default 10,10k,100k)")
+    parser.add_argument(
+        "--history", type=_sizes, default=None, help="finished tasks (default 10,10k,100k; none: skip)"
+    )
+    parser.add_argument(
+        "--osa-grid-tree",
+        type=Path,
+        action="append",
+        default=[],
+        help="also plan the same registered catalog with osa-grid from this source tree (before/after)",
+    )
+    parser.add_argument(
+        "--catalog-url",
+        default=None,
+        help="run the catalog pass on PostgreSQL: URL of the server's maintenance database, e.g. "
+        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres (a database per copy, dropped after)",
+    )
     parser.add_argument("--in-flight", type=_sizes, default=None, help="tasks in flight (default 10,1000)")
     parser.add_argument("--repeats", type=int, default=None, help="passes per median (default 15)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -588,9 +687,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     quick = args.quick
-    pure = args.pure or ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
+    pure = (
+        args.pure if args.pure is not None else ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
+    )
     catalog_sizes = args.catalog if args.catalog is not None else ([10_000] if quick else [10_000, 100_000])
-    history = args.history or ([10, 1_000, 10_000] if quick else [10, 10_000, 100_000])
+    history = (
+        args.history
+        if args.history is not None
+        else ([10, 1_000, 10_000] if quick else [10, 10_000, 100_000])
+    )
     in_flight = args.in_flight or ([10, 100] if quick else [10, 1000])
     repeats = args.repeats or (5 if quick else 15)
 
@@ -602,26 +707,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         results["pure"] = [run_worker("pure", str(n), mode) for n in pure for mode in ("per_file", "by_run")]
-        console.print(pure_table(results["pure"]))
-        results["catalog"] = []
-        for n in catalog_sizes:
-            root = base / f"catalog-{n}"
-            root.mkdir()
-            setup = run_worker("catalog-setup", str(n), str(root))
-            planned = run_worker("catalog-plan", str(n), str(root))
-            results["catalog"].append(
-                {**planned, "register_s": setup["register_s"], "db_before": setup["db_bytes"]}
-            )
-            shutil.rmtree(root, ignore_errors=True)
+        if results["pure"]:
+            console.print(pure_table(results["pure"]))
+        trees = [None, *(t.resolve() for t in args.osa_grid_tree)]
+        results["catalog"] = [
+            row
+            for n in catalog_sizes
+            for row in catalog_pass(base / f"catalog-{n}", n, trees, args.catalog_url)
+        ]
         if results["catalog"]:
-            console.print(catalog_table(results["catalog"]))
-        fidelity = run_worker("fidelity", str(base / "fidelity"))
-        results["fidelity"] = fidelity
-        if fidelity["real"] != fidelity["bulk"]:
-            console.print(
-                "[yellow]the bulk history differs from a real run's rows: "
-                f"real {fidelity['real']} bulk {fidelity['bulk']}[/]"
-            )
+            console.print(catalog_table(results["catalog"], "PostgreSQL" if args.catalog_url else "SQLite"))
+        if history:
+            fidelity = run_worker("fidelity", str(base / "fidelity"))
+            results["fidelity"] = fidelity
+            if fidelity["real"] != fidelity["bulk"]:
+                console.print(
+                    "[yellow]the bulk history differs from a real run's rows: "
+                    f"real {fidelity['real']} bulk {fidelity['bulk']}[/]"
+                )
         results["passes"] = []
         for h in history:
             root = base / f"history-{h}"
@@ -630,7 +733,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_worker("passes", str(h), ",".join(map(str, in_flight)), str(root), str(repeats))
             )
             shutil.rmtree(root, ignore_errors=True)
-        console.print(passes_table(results["passes"], in_flight))
+        if results["passes"]:
+            console.print(passes_table(results["passes"], in_flight))
         for line in verdicts(results):
             console.print(line)
     finally:
@@ -640,6 +744,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def catalog_pass(
+    root: Path, n: int, trees: Sequence[Path | None], server: str | None
+) -> list[dict[str, Any]]:
+    """N sub-runs registered once (with this tree), then one planning pass per tree on a copy of them."""
+    root.mkdir()
+    copies = CatalogCopies(root, server)
+    rows = []
+    try:
+        setup = run_worker("catalog-setup", str(n), copies.original(n))
+        for index, tree in enumerate(trees):
+            url, work = copies.copy(n, f"tree-{index}")
+            planned = run_worker("catalog-plan", str(n), url, str(work), tree=tree)
+            label = "this tree" if tree is None else str(tree)
+            rows.append(
+                {**planned, "tree": label, "register_s": setup["register_s"], "db_before": setup["db_bytes"]}
+            )
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        copies.drop()
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
 
 
 def pure_table(rows: list[dict[str, Any]]) -> Table:
@@ -659,14 +786,17 @@ def pure_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def catalog_table(rows: list[dict[str, Any]]) -> Table:
+def catalog_table(rows: list[dict[str, Any]], database: str) -> Table:
     table = Table(
-        title="catalog-backed planning pass (SQLite): N new sub-runs -> N tasks", title_justify="left"
+        title=f"catalog-backed planning pass ({database}): N new sub-runs -> N tasks", title_justify="left"
     )
     columns = (
         "N",
+        "tree",
         "register s (set-up)",
         "pass s",
+        "pass cpu s",
+        "us/sub-run",
         "read files s",
         "plan_groups s",
         "record s",
@@ -678,8 +808,11 @@ def catalog_table(rows: list[dict[str, Any]]) -> Table:
         phases = row["phases"]
         table.add_row(
             f"{row['n']:,}",
+            row["tree"],
             f"{row['register_s']:.1f}",
             f"{row['plan_s']:.2f}",
+            f"{row.get('cpu_s', 0):.2f}",
+            f"{row['plan_s'] / row['n'] * 1e6:.0f}",
             f"{phases.get('read new files', 0):.2f}",
             f"{phases.get('plan_groups', 0):.2f}",
             f"{phases.get('record tasks', 0):.2f}",
@@ -735,7 +868,16 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             f"pure plan_groups of {LST1_SUBRUNS:,} sub-runs, records included ({how}): "
             f"{seconds:.0f} s, {memory / 1024**3:.2f} GB (the catalog-backed pass below is the target)"
         )
-    catalog = results.get("catalog", [])
+    catalog = [r for r in results.get("catalog", []) if r["tree"] == "this tree"]
+    for row in results.get("catalog", []):
+        mine = next((r for r in catalog if r["n"] == row["n"]), None)
+        if row["tree"] != "this tree" and mine is not None:
+            lines.append(
+                f"{row['n']:,} sub-runs: this tree {mine['plan_s']:.1f} s "
+                f"({mine.get('cpu_s', 0):.1f} s cpu), "
+                f"{row['tree']} {row['plan_s']:.1f} s ({row.get('cpu_s', 0):.1f} s cpu): "
+                f"x{row['plan_s'] / mine['plan_s']:.2f} of this tree's time"
+            )
     if catalog:
         biggest = max(catalog, key=lambda r: r["n"])
         scale = LST1_SUBRUNS / biggest["n"]

@@ -6,10 +6,11 @@ so the log and the state never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,11 +19,11 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from osa_grid.catalog import querysql
 from osa_grid.catalog import schema as s
-from osa_grid.catalog.engines import WRITER_OPTION, create_engine, serialize_registrations
+from osa_grid.catalog.engines import WRITER_OPTION, create_engine, reserve_ids, serialize_registrations
 from osa_grid.catalog.migrate import upgrade
 from osa_grid.catalog.querysql import ESTIMATE_CAP as CAP
 from osa_grid.catalog.querysql import SortKey, compile_query
-from osa_grid.catalog.values import collect, metadata_row, metadata_rows, row_value
+from osa_grid.catalog.values import collect, metadata_row, row_value
 from osa_grid.core import query as querylang
 from osa_grid.core.metadata import MetaValue
 from osa_grid.core.planner import FileRecord, PlannedTask
@@ -252,38 +253,45 @@ class Catalog:
         for new_file in new_files:
             _check_lengths(new_file)
         serialize_registrations(conn)
-        existing = self._existing_lfns(conn, lfns)
-        if existing:
-            shown = ", ".join(sorted(existing)[:5])
-            raise BadInput(f"{len(existing)} file(s) are already registered: {shown}")
+        # Ids drawn up front let every table go in through the driver's bulk path (no INSERT ... RETURNING).
+        ids = reserve_ids(conn, s.files, len(new_files))
         now = utcnow()
-        ids: list[int] = []
+        created = _bound(conn, s.files.c.created_at, now)
         made_by = list(owners) if owners is not None else [task_id] * len(new_files)
-        for start in range(0, len(new_files), _CHUNK):
-            rows = [
-                {"lfn": f.lfn, "size": f.size, "checksum": f.checksum, "created_at": now, "task_id": owner}
-                for f, owner in zip(
-                    new_files[start : start + _CHUNK], made_by[start : start + _CHUNK], strict=True
-                )
-            ]
-            result = conn.execute(
-                sa.insert(s.files).returning(s.files.c.id, sort_by_parameter_order=True), rows
-            )
-            ids += [row[0] for row in result]
-        metadata: list[dict[str, Any]] = []
-        replicas: list[dict[str, Any]] = []
+        self._insert_file_rows(
+            conn,
+            [
+                (file_id, f.lfn, f.size, f.checksum, created, owner)
+                for file_id, f, owner in zip(ids, new_files, made_by, strict=True)
+            ],
+        )
         typed = _TypedRows()
-        for file_id, new_file in zip(ids, new_files, strict=True):
-            metadata += typed.rows(file_id, new_file.metadata)
-            replicas += [
-                {"file_id": file_id, "store": r.store, "pfn": r.pfn, "state": r.state, "created_at": now}
-                for r in new_file.replicas
-            ]
-        if metadata:
-            bulk_insert(conn, s.file_metadata, metadata)
-            self._note_metadata_keys(conn, {(row["key"], row["vtype"]) for row in metadata})
-        bulk_insert(conn, s.replicas, replicas)
+        metadata = [row for file_id, f in zip(ids, new_files, strict=True) for row in typed.rows(file_id, f)]
+        insert_bound(conn, s.file_metadata, _TypedRows.COLUMNS, metadata)
+        self._note_metadata_keys(conn, typed.keys)
+        replicated = _bound(conn, s.replicas.c.created_at, now)
+        replicas = [
+            (file_id, r.store, r.pfn, r.state, replicated)
+            for file_id, f in zip(ids, new_files, strict=True)
+            for r in f.replicas
+        ]
+        insert_bound(conn, s.replicas, _REPLICA_COLUMNS, replicas)
         return ids
+
+    def _insert_file_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """The files rows; an LFN already registered is refused by the UNIQUE constraint, named, and undone.
+
+        The constraint does the check a query per 500 LFNs did before, at no cost when nothing clashes.
+        """
+        try:
+            with conn.begin_nested():
+                insert_bound(conn, s.files, _FILE_COLUMNS, rows)
+        except (sa.exc.IntegrityError, conn.dialect.dbapi.IntegrityError) as exc:  # type: ignore[union-attr]
+            existing = self._existing_lfns(conn, [row[1] for row in rows])
+            if not existing:
+                raise CatalogError(f"registering {len(rows)} file(s) failed: {exc}") from exc
+            shown = ", ".join(sorted(existing)[:5])
+            raise BadInput(f"{len(existing)} file(s) are already registered: {shown}") from None
 
     def known_lfns(self, lfns: Sequence[str]) -> set[str]:
         """Which of these LFNs are registered already."""
@@ -368,12 +376,14 @@ class Catalog:
         return self.files_by_id(list(conn.scalars(statement)), conn)
 
     def planning_batch(
-        self, text: str, after_id: int, up_to_id: int, limit: int
+        self, text: str, after_id: int, up_to_id: int, limit: int, keys: Collection[str] | None = None
     ) -> tuple[list[FileRecord], int]:
         """At most ``limit`` files matching a query with ids in ``(after_id, up_to_id]``, as planner records.
 
         Returns them with the id planning has read up to. What planning needs only, in two range scans
-        (the matching ids, then the metadata of that id range): no replicas, no IN lists.
+        (the matching ids, then the metadata of that id range): no replicas, no IN lists. ``keys``: the
+        metadata keys to read (the grouping's; ``None``: all of them), so that a per-file plan, which
+        groups nothing, reads no metadata at all.
         """
         node = querylang.parse(text)
         with self.engine.connect() as conn:
@@ -383,28 +393,33 @@ class Catalog:
                 .order_by(s.files.c.id)
                 .limit(limit)
             )
-            lfns = {row.id: row.lfn for row in conn.execute(statement)}
+            lfns: dict[int, str] = dict(conn.execute(statement).all())
             if not lfns:
                 return [], up_to_id
             metadata: dict[int, dict[str, MetaValue]] = {file_id: {} for file_id in lfns}
-            for file_id, key, vtype, vint, vnum, vstr in self._metadata_rows(conn, list(lfns)):
-                found = metadata.get(file_id)
-                if found is not None:  # a range also holds files the query did not match
-                    found[key] = row_value(vtype, vint, vnum, vstr)
+            if keys is None or keys:
+                for file_id, key, vtype, vint, vnum, vstr in self._metadata_rows(conn, list(lfns), keys):
+                    found = metadata.get(file_id)
+                    if found is not None:  # a range also holds files the query did not match
+                        found[key] = row_value(vtype, vint, vnum, vstr)
             last = max(lfns)
         read_up_to = last if len(lfns) == limit else up_to_id
         return [FileRecord(i, lfn, metadata[i]) for i, lfn in lfns.items()], read_up_to
 
     @staticmethod
-    def _metadata_rows(conn: Connection, ids: Sequence[int]) -> Iterator[Any]:
-        """Metadata rows of files by ascending ids: one range scan when they are dense, else IN lists."""
+    def _metadata_rows(conn: Connection, ids: Sequence[int], keys: Collection[str] | None) -> Sequence[Any]:
+        """Metadata rows (all keys, or ``keys``) of files by ascending ids: one range scan when they are
+        dense, else IN lists."""
         m = s.file_metadata
-        columns = (m.c.file_id, m.c.key, m.c.vtype, m.c.vint, m.c.vnum, m.c.vstr)
+        columns = sa.select(m.c.file_id, m.c.key, m.c.vtype, m.c.vint, m.c.vnum, m.c.vstr)
+        if keys is not None:
+            columns = columns.where(m.c.key.in_(sorted(keys)))
+        # Fetched whole: row by row, the driver's fetch costs more than SQLite's scan.
         if (ids[-1] - ids[0] + 1) <= DENSE_RANGE_FACTOR * len(ids):
-            yield from conn.execute(sa.select(*columns).where(m.c.file_id >= ids[0], m.c.file_id <= ids[-1]))
-            return
-        for chunk in _chunks(ids):
-            yield from conn.execute(sa.select(*columns).where(m.c.file_id.in_(chunk)))
+            return conn.execute(columns.where(m.c.file_id >= ids[0], m.c.file_id <= ids[-1])).all()
+        return [
+            row for chunk in _chunks(ids) for row in conn.execute(columns.where(m.c.file_id.in_(chunk))).all()
+        ]
 
     def count(self, text: str) -> int:
         return self.count_matching(querylang.parse(text))
@@ -424,6 +439,8 @@ class Catalog:
 
     @staticmethod
     def _note_metadata_keys(conn: Connection, pairs: set[tuple[str, str]]) -> None:
+        if not pairs:
+            return
         # Registrations are serialized (serialize_registrations), so read-then-insert cannot race.
         known = {(row.key, row.vtype) for row in conn.execute(sa.select(s.metadata_keys))}
         new = sorted(pairs - known)
@@ -811,55 +828,12 @@ class Catalog:
         cursor: int,
         initial_state: TaskState = TaskState.READY,
     ) -> int:
-        """Create planned tasks (existing ids are left alone), replace the waiting files, move the cursor."""
-        now = utcnow()
+        """Create planned tasks (existing ids are left alone), replace the waiting files, move the cursor.
+
+        Returns the number of tasks that were new; only those get input rows and a ``created`` event.
+        """
         with self.transaction() as conn:
-            known = self._existing_task_ids(conn, [t.task_id for t in tasks])
-            new = [t for t in tasks if t.task_id not in known]
-            if new:
-                bulk_insert(
-                    conn,
-                    s.tasks,
-                    [
-                        {
-                            "task_id": t.task_id,
-                            "production": production,
-                            "transformation": t.transformation,
-                            "group_key": t.group_key,
-                            "state": initial_state.value,
-                            "attempt": 0,
-                            "failures": 0,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for t in new
-                    ],
-                )
-                bulk_insert(
-                    conn,
-                    s.task_inputs,
-                    [
-                        {"task_id": t.task_id, "file_id": f.id, "role": INPUT_ROLE}
-                        for t in new
-                        for f in t.inputs
-                    ],
-                )
-                bulk_insert(
-                    conn,
-                    s.events,
-                    [
-                        {
-                            "at": now,
-                            "production": production,
-                            "task_id": t.task_id,
-                            "kind": "created",
-                            "from_state": None,
-                            "to_state": initial_state.value,
-                            "detail": {"transformation": t.transformation, "group": t.group_key},
-                        }
-                        for t in new
-                    ],
-                )
+            created = self._insert_new_tasks(conn, _PlanRows(conn, production, initial_state), tasks)
             conn.execute(
                 sa.delete(s.pending_inputs).where(s.pending_inputs.c.transformation_id == transformation_id)
             )
@@ -877,6 +851,28 @@ class Catalog:
                 .where(s.transformations.c.id == transformation_id)
                 .values(cursor=cursor)
             )
+            return created
+
+    def _insert_new_tasks(self, conn: Connection, rows: _PlanRows, tasks: Sequence[PlannedTask]) -> int:
+        """Insert the tasks whose ids are not in the catalog yet; returns how many.
+
+        A plan is new as a rule (the cursor moves in the transaction that records it), so it is inserted
+        as it is; only when an id already exists (a cursor moved back, a plan recorded twice) is the
+        insert undone and the new tasks picked out. Sorted by id, the rows go into each index keyed by
+        task id in one ordered sweep instead of at random places.
+        """
+        ordered = sorted(tasks, key=_TASK_ID)
+        if not ordered:
+            return 0
+        try:
+            with conn.begin_nested():
+                rows.insert(ordered)
+            return len(ordered)
+        except (sa.exc.IntegrityError, conn.dialect.dbapi.IntegrityError):  # type: ignore[union-attr]
+            known = self._existing_task_ids(conn, [t.task_id for t in ordered])
+            new = [t for t in ordered if t.task_id not in known]
+            if new:
+                rows.insert(new)
             return len(new)
 
     @staticmethod
@@ -1085,16 +1081,19 @@ class Catalog:
         kind: str,
         details: Mapping[str, Mapping[str, Any]] | None = None,
         per_task: Mapping[str, Mapping[str, Any]] | None = None,
+        before: Mapping[str, Any] | None = None,
         **values: Any,
-    ) -> dict[str, Any]:
+    ) -> Mapping[str, Any]:
         """Move many tasks to ``target`` with one event each: a few statements whatever their number.
 
-        ``values`` are set on every task, ``per_task`` on one task each (the same keys for all).
+        ``values`` are set on every task, ``per_task`` on one task each (the same keys for all);
+        ``before``: the rows ``_current_rows`` returned for this move, when the caller read them already.
         Returns the rows as they were before the move.
         """
         if not task_ids:
             return {}
-        before = self._current_rows(conn, task_ids, target, expect)
+        if before is None:
+            before = self._current_rows(conn, task_ids, target, expect)
         now = utcnow()
         if per_task:
             keys = sorted(next(iter(per_task.values())))
@@ -1134,10 +1133,8 @@ class Catalog:
         """READY -> SUBMITTED before the backend is called: a crash now leaves a task without job id."""
         ids = list(workdirs)
         with self.transaction() as conn:
-            attempts = {
-                row.task_id: int(row.attempt or 0) + 1
-                for row in self._current_rows(conn, ids, TaskState.SUBMITTED, [TaskState.READY]).values()
-            }
+            before = self._current_rows(conn, ids, TaskState.SUBMITTED, [TaskState.READY])
+            attempts = {task_id: int(row.attempt or 0) + 1 for task_id, row in before.items()}
             self._transition_many(
                 conn,
                 ids,
@@ -1146,19 +1143,20 @@ class Catalog:
                 "submitting",
                 details={t: {"attempt": attempts[t]} for t in ids},
                 per_task={t: {"attempt": attempts[t], "workdir": workdirs[t]} for t in ids},
+                before=before,
                 backend=backend,
                 job_id=None,
                 exit_code=None,
             )
-        return self._rows(ids)
+            return self._rows(conn, ids)
 
-    def _rows(self, task_ids: Sequence[str]) -> list[TaskRow]:
+    @staticmethod
+    def _rows(conn: Connection, task_ids: Sequence[str]) -> list[TaskRow]:
         rows: list[TaskRow] = []
-        with self.engine.connect() as conn:
-            for chunk in _chunks(list(task_ids)):
-                rows += [
-                    _task_row(r) for r in conn.execute(sa.select(s.tasks).where(s.tasks.c.task_id.in_(chunk)))
-                ]
+        for chunk in _chunks(list(task_ids)):
+            rows += [
+                _task_row(r) for r in conn.execute(sa.select(s.tasks).where(s.tasks.c.task_id.in_(chunk)))
+            ]
         order = {task_id: index for index, task_id in enumerate(task_ids)}
         return sorted(rows, key=lambda r: order[r.task_id])
 
@@ -1205,12 +1203,19 @@ class Catalog:
         """Register outputs, provenance and DONE in one transaction."""
         self.complete_many([completion])
 
-    def complete_many(self, completions: Sequence[Completion]) -> None:
-        """Outputs, provenance and DONE of many tasks in one transaction: all of them or none."""
-        if not completions:
+    def complete_many(self, completions: Sequence[Completion], started: Sequence[str] = ()) -> None:
+        """Outputs, provenance and DONE of many tasks in one transaction: all of them or none.
+
+        ``started``: other tasks whose jobs were seen running, marked so in the same transaction (the
+        shepherd learns both in one poll: one write transaction a pass instead of two).
+        """
+        if not completions and not started:
             return
         ids = [c.task_id for c in completions]
         with self.transaction() as conn:
+            self._transition_many(conn, started, TaskState.RUNNING, [TaskState.SUBMITTED], "running")
+            if not completions:
+                return
             self._transition_many(
                 conn,
                 ids,
@@ -1407,29 +1412,122 @@ class Catalog:
             conn.execute(sa.delete(s.leases).where((s.leases.c.name == name) & (s.leases.c.holder == holder)))
 
 
+_FILE_COLUMNS = ("id", "lfn", "size", "checksum", "created_at", "task_id")
+_REPLICA_COLUMNS = ("file_id", "store", "pfn", "state", "created_at")
+
+
 class _TypedRows:
-    """Metadata rows for one registration, each distinct (key, value) checked and typed once.
+    """Metadata rows for one registration, as driver-ready tuples, each distinct (key, value) typed once.
 
     The files registered together share most of their values (a run's night, source, zenith...):
-    half of the time of a bulk registration went into checking the same values again.
+    half of the time of a bulk registration went into checking the same values again, and most of
+    the rest into building a dict per row.
     """
 
-    def __init__(self) -> None:
-        self.typed: dict[tuple[str, type, object], dict[str, Any]] = {}
+    COLUMNS = ("file_id", "key", "vtype", "vint", "vnum", "vstr")
 
-    def rows(self, file_id: int, metadata: Mapping[str, object]) -> list[dict[str, Any]]:
+    def __init__(self) -> None:
+        self.typed: dict[tuple[str, type, object], tuple[Any, ...]] = {}
+        self.keys: set[tuple[str, str]] = set()  # (key, vtype) of every row made
+
+    def rows(self, file_id: int, new_file: NewFile) -> list[tuple[Any, ...]]:
         found = []
-        for key, value in metadata.items():
+        for key, value in new_file.metadata.items():
             # The type and, for floats, the bits: 1 == 1.0 == True and 0.0 == -0.0, but they are stored apart.
             signature = (key, type(value), value.hex() if isinstance(value, float) else value)
             try:
-                row = self.typed.get(signature)
-            except TypeError:  # unhashable, so no metadata value: metadata_rows says why
-                return metadata_rows(file_id, metadata)
-            if row is None:
-                row = self.typed[signature] = metadata_row(file_id, key, value)
-            found.append({**row, "file_id": file_id})
+                typed = self.typed.get(signature)
+            except TypeError:  # unhashable, so no metadata value: _typed says why
+                typed = self._typed(key, value)
+            if typed is None:
+                typed = self.typed[signature] = self._typed(key, value)
+            found.append((file_id, *typed))
         return found
+
+    def _typed(self, key: str, value: object) -> tuple[Any, ...]:
+        row = metadata_row(0, key, value)
+        self.keys.add((key, row["vtype"]))
+        return tuple(row[column] for column in self.COLUMNS[1:])
+
+
+_TASK_ID = attrgetter("task_id")
+
+
+class _PlanRows:
+    """The rows planned tasks leave: the task, its input edges and its ``created`` event.
+
+    Built as tuples for the driver, with what every row of a plan shares (production, state, the
+    timestamp) bound once per plan: per row, SQLAlchemy's parameter handling and the timestamp's
+    bind processing cost more than the insert itself.
+    """
+
+    TASK_COLUMNS = (
+        *("task_id", "transformation", "group_key"),  # per task
+        *("production", "state", "attempt", "failures", "created_at", "updated_at"),  # the plan's
+    )
+    INPUT_COLUMNS = ("task_id", "file_id", "role")
+    EVENT_COLUMNS = ("task_id", "at", "production", "kind", "to_state")
+
+    def __init__(self, conn: Connection, production: str, state: TaskState) -> None:
+        self.conn = conn
+        now = utcnow()
+        created = _bound(conn, s.tasks.c.created_at, now)
+        self.task_shared = (production, state.value, 0, 0, created, created)
+        self.event_shared = (_bound(conn, s.events.c.at, now), production, "created", state.value)
+        per_row = [s.tasks.c[name] for name in self.TASK_COLUMNS[:3]] + [s.task_inputs.c.file_id]
+        for column in per_row:  # the values that differ per row go to the driver as they are
+            if _bind_processor(conn, column) is not None:
+                raise CatalogError(f"{column.table.name}.{column.name} needs bind processing")
+
+    def insert(self, tasks: Sequence[PlannedTask]) -> None:
+        task_shared, event_shared = self.task_shared, self.event_shared
+        insert_bound(
+            self.conn,
+            s.tasks,
+            self.TASK_COLUMNS,
+            [(t.task_id, t.transformation, t.group_key, *task_shared) for t in tasks],
+        )
+        insert_bound(
+            self.conn,
+            s.task_inputs,
+            self.INPUT_COLUMNS,
+            [(t.task_id, f.id, INPUT_ROLE) for t in tasks for f in t.inputs],
+        )
+        insert_bound(self.conn, s.events, self.EVENT_COLUMNS, [(t.task_id, *event_shared) for t in tasks])
+
+
+def _bind_processor(conn: Connection, column: sa.Column[Any]) -> Callable[[Any], Any] | None:
+    return column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+
+
+def _bound(conn: Connection, column: sa.Column[Any], value: Any) -> Any:
+    """A value as the column's type hands it to the driver."""
+    process = _bind_processor(conn, column)
+    return process(value) if process else value
+
+
+def insert_bound(
+    conn: Connection, table: sa.Table, columns: Sequence[str], values: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert rows of values already bound (see ``_bound``) through the driver's fastest path.
+
+    COPY on PostgreSQL, the driver's executemany elsewhere, in the caller's transaction.
+    """
+    if not values:
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    names = ", ".join(quote(c) for c in columns)
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {quote(table.name)} ({names}) FROM STDIN") as copy:
+            for value in values:
+                copy.write_row(value)
+        return
+    marker = _PLACEHOLDERS[str(conn.dialect.paramstyle)]
+    conn.exec_driver_sql(
+        f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join([marker] * len(columns))})",
+        list(values),
+    )
 
 
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
@@ -1445,25 +1543,11 @@ def bulk_insert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, A
     if not rows:
         return
     columns = list(rows[0])
-    convert = [table.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for c in columns]
+    convert = [_bind_processor(conn, table.c[c]) for c in columns]
     values = [
         tuple(f(row[c]) if f else row[c] for c, f in zip(columns, convert, strict=True)) for row in rows
     ]
-    quote = conn.dialect.identifier_preparer.quote
-    names = ", ".join(quote(c) for c in columns)
-    if conn.dialect.name == "postgresql":
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor.copy(f"COPY {quote(table.name)} ({names}) FROM STDIN") as copy:
-            for value in values:
-                copy.write_row(value)
-        return
-    marker = _PLACEHOLDERS.get(str(conn.dialect.paramstyle))
-    if marker is None:
-        conn.execute(sa.insert(table), list(rows))
-        return
-    conn.exec_driver_sql(
-        f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join([marker] * len(columns))})", values
-    )
+    insert_bound(conn, table, columns, values)
 
 
 def _max_length(column: sa.Column[Any]) -> int | None:

@@ -6,6 +6,7 @@ fresh SQLite file always and on a fresh PostgreSQL database when integration tes
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -311,9 +312,25 @@ def test_already_registered_lfn_registers_nothing(catalog: Catalog, position: in
     before = snapshot(catalog)
     batch = [make_file(f"/new_{i:04d}.h5", run_id=i) for i in range(1200)]
     batch.insert(position, make_file("/old.h5", run_id=2))
-    with pytest.raises(BadInput, match="already registered"):
+    with pytest.raises(BadInput, match=re.escape("1 file(s) are already registered: /old.h5")):
         catalog.register_files(batch)
     assert snapshot(catalog) == before
+
+
+def test_a_refused_registration_leaves_the_catalog_usable_and_ids_ascending(catalog: Catalog) -> None:
+    """The UNIQUE constraint refuses a clash inside the bulk insert: the rest of the batch goes with it."""
+    first = catalog.register_files([make_file(f"/a_{i}.h5", run_id=i) for i in range(3)])
+    clash = [make_file(f"/b_{i}.h5", run_id=i) for i in range(600)] + [make_file("/a_1.h5", run_id=1)]
+    before = snapshot(catalog)
+    for _ in range(2):  # twice: the refused batch leaves no state behind that breaks the next try
+        with pytest.raises(BadInput, match=re.escape("/a_1.h5")):
+            catalog.register_files(clash)
+        assert snapshot(catalog) == before
+    later = catalog.register_files(clash[:-1])
+    assert later == sorted(later) and later[0] > first[-1]
+    assert [f.lfn for f in catalog.files_by_id(later)] == [f.lfn for f in clash[:-1]]
+    assert catalog.count("run_id = 1") == 2  # /a_1.h5 and /b_1.h5, with their metadata rows
+    assert catalog.metadata_keys() == {"run_id": {"int"}}
 
 
 @pytest.mark.parametrize(
@@ -468,7 +485,9 @@ def test_paging_cursor_never_skips_a_file_whose_registration_commits_late(catalo
     failures: list[BaseException] = []
 
     def pause_slow_registration(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if threading.current_thread().name == "slow" and statement.startswith("INSERT INTO files"):
+        # Once the id is taken: the files insert on SQLite, the sequence on PostgreSQL (the rows go by COPY).
+        takes_id = statement.startswith("INSERT INTO files") or "nextval" in statement
+        if threading.current_thread().name == "slow" and takes_id:
             inserted.set()
             release.wait(timeout=30)
 
@@ -587,6 +606,48 @@ def test_record_plan_with_initial_state(catalog: Catalog, production: Production
     outcome = plan_groups(PRODUCTION, production.transformation("calibrate"), candidates, flush=False)
     catalog.record_plan(PRODUCTION, tid, outcome.tasks, [], 1, initial_state=TaskState.CREATED)
     assert catalog.task_counts(PRODUCTION) == {"calibrate": {"created": 1}}
+
+
+def test_record_plan_over_tasks_that_partly_exist_creates_only_the_new_ones(
+    catalog: Catalog, production: Production
+) -> None:
+    """A plan that overlaps recorded tasks (a cursor moved back over more files) adds the others only."""
+    save(catalog, production)
+    ids = catalog.register_files([lst_subrun(1807, s) for s in range(4)])
+    tid, _ = catalog.transformation_cursor(PRODUCTION, "calibrate")
+    candidates = [f.record() for f in catalog.query("data_level = R0 and run_type = DATA")]
+    outcome = plan_groups(PRODUCTION, production.transformation("calibrate"), candidates, flush=False)
+    first, rest = outcome.tasks[:2], outcome.tasks[2:]
+    assert catalog.record_plan(PRODUCTION, tid, first, [], ids[1]) == 2
+    before = snapshot(catalog)
+
+    assert catalog.record_plan(PRODUCTION, tid, outcome.tasks, [], max(ids)) == 2
+    after = snapshot(catalog)
+    added = {name: [r for r in rows if r not in before[name]] for name, rows in after.items()}
+    assert sorted(r["task_id"] for r in added["tasks"]) == sorted(t.task_id for t in rest)
+    assert sorted((r["task_id"], r["file_id"]) for r in added["task_inputs"]) == sorted(
+        (t.task_id, t.inputs[0].id) for t in rest
+    )
+    assert sorted((r["task_id"], r["kind"], r["to_state"]) for r in added["events"]) == sorted(
+        (t.task_id, "created", "ready") for t in rest
+    )
+    assert [r for r in after["tasks"] if r in before["tasks"]] == before["tasks"]  # the first two untouched
+    assert catalog.transformation_cursor(PRODUCTION, "calibrate") == (tid, max(ids))
+
+
+def test_planning_batch_reads_the_metadata_grouping_needs(catalog: Catalog) -> None:
+    ids = catalog.register_files([lst_subrun(1807, s) for s in range(3)] + [lst_subrun(1807, 0, level="DL1")])
+    query = "data_level = R0"
+    records, read_up_to = catalog.planning_batch(query, 0, max(ids), 10, ("run_id", "n_subruns"))
+    assert read_up_to == max(ids)
+    assert [(r.id, r.lfn) for r in records] == [(i, lst_subrun_lfn(1807, s)) for s, i in enumerate(ids[:3])]
+    assert [r.metadata for r in records] == [{"run_id": 1807, "n_subruns": 3}] * 3
+    assert [r.metadata for r in catalog.planning_batch(query, 0, max(ids), 10, ())[0]] == [{}] * 3
+    everything = catalog.planning_batch(query, 0, max(ids), 10)[0]
+    assert [r.metadata for r in everything] == [f.metadata for f in catalog.files_by_id(ids[:3])]
+    # A full batch stops at its last file: the next one starts after it.
+    batch, read_up_to = catalog.planning_batch(query, 0, max(ids), 2, ())
+    assert [r.id for r in batch] == ids[:2] and read_up_to == ids[1]
 
 
 def test_pending_files_are_replaced_and_the_cursor_moves(catalog: Catalog, production: Production) -> None:
@@ -1079,3 +1140,27 @@ def test_every_task_event_names_its_production(
     missing = sorted({e["kind"] for e in task_events if e["production"] != PRODUCTION})
     assert missing == [], f"task events without their production: {missing}"
     assert len(catalog.events(production=PRODUCTION)) == len(task_events) + 1  # + production_created
+
+
+def test_one_transaction_completes_some_tasks_and_marks_others_running(
+    catalog: Catalog, production: Production, ready_tasks: list[str]
+) -> None:
+    finished, started, untouched = ready_tasks
+    for task_id in ready_tasks:
+        submit(catalog, task_id, running=False)
+    outputs = outputs_of(catalog, production, finished)
+    catalog.complete_many([Completion(finished, outputs, provenance_record())], started=[started])
+    assert [state_of(catalog, t) for t in ready_tasks] == [
+        TaskState.DONE,
+        TaskState.RUNNING,
+        TaskState.SUBMITTED,
+    ]
+    assert kinds(catalog, started)[-1] == "running" and kinds(catalog, finished)[-1] == "done"
+    assert catalog.file(outputs[0].lfn) is not None
+    # A task that is not submitted any more cannot be marked running: nothing of the transaction stays.
+    with pytest.raises(CatalogError):
+        catalog.complete_many(
+            [Completion(untouched, outputs_of(catalog, production, untouched), provenance_record())],
+            started=[finished],
+        )
+    assert state_of(catalog, untouched) == TaskState.SUBMITTED

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from osa_grid.backends import BACKENDS, create_backend
-from osa_grid.backends.local import LocalBackend, proc_stat, start_ticks
+from osa_grid.backends.local import (
+    MAX_QUEUE_DEPTH_PER_CORE,
+    QUEUE_DEPTH_PER_CORE,
+    LocalBackend,
+    journal_paths,
+    proc_stat,
+    read_journal,
+    start_ticks,
+)
 from osa_grid.core.models import Resources
 from osa_grid.errors import BadInput
 from osa_grid.ports import JobSpec, JobState, JobStatus
@@ -101,6 +108,15 @@ def wait_gone(pid: int, timeout: float = 5.0) -> bool:
     return False
 
 
+def open_jobs(state_dir: Path) -> dict[str, int]:
+    """Pid of every job the pools' journals in state_dir record as started and not ended."""
+    return {
+        job_id: record.pid
+        for path in journal_paths(state_dir)
+        for job_id, record in read_journal(path).open_jobs.items()
+    }
+
+
 def max_overlap(statuses: Sequence[JobStatus]) -> int:
     """The largest number of jobs whose [started_at, ended_at) intervals overlap."""
     events = []
@@ -126,7 +142,7 @@ def test_success_captures_stdout_and_stderr(
     assert status.started_at.tzinfo is not None and status.started_at <= status.ended_at
     assert spec.stdout.read_text() == "to out\n"
     assert spec.stderr.read_text() == "to err\n"
-    assert list((tmp_path / "state").glob("*.pid")) == []  # removed once reaped
+    assert open_jobs(tmp_path / "state") == {}  # its end is in the journal once reaped
 
 
 def test_shared_stdout_and_stderr_file(backend: LocalBackend, make_spec: MakeSpec) -> None:
@@ -209,9 +225,8 @@ def test_cancel_running_job(backend: LocalBackend, make_spec: MakeSpec) -> None:
 def test_cancel_queued_job(tmp_path: Path, make_spec: MakeSpec) -> None:
     with LocalBackend(tmp_path / "state", max_cores=1, kill_grace_seconds=0.5) as pool:
         first, second = pool.submit([make_spec(["/bin/sleep", "30"]), make_spec(["/bin/sleep", "30"])])
-        statuses = pool.poll([first, second])
-        assert statuses[first].state == JobState.RUNNING
-        assert statuses[second].state == JobState.QUEUED
+        wait_for_state(pool, first, JobState.RUNNING)
+        assert pool.poll([second])[second].state == JobState.QUEUED
         pool.cancel([second])
         status = pool.poll([second])[second]
         assert (status.state, status.failure, status.started_at) == (JobState.FAILED, "cancelled", None)
@@ -332,10 +347,23 @@ ORPHAN_HELPER = textwrap.dedent(
     pool = LocalBackend(state_dir, max_cores=1)
     spec = JobSpec("orphan", ["/bin/sleep", "60"], {}, logs, logs / "o.out", logs / "o.err", Resources())
     [job_id] = pool.submit([spec])
+    while pool.poll([job_id])[job_id].state != "running":  # started by the pool's launcher thread
+        time.sleep(0.01)
     print(job_id, flush=True)
     time.sleep(60)
     """
 )
+
+
+def wait_for_journal(state_dir: Path, job_id: str, timeout: float = 10.0) -> int:
+    """The pid the journal records for the job once its launcher has started it."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        pid = open_jobs(state_dir).get(job_id)
+        if pid is not None:
+            return pid
+        time.sleep(0.01)
+    raise AssertionError(f"{job_id} never appeared in a journal of {state_dir}")
 
 
 def test_orphans_of_a_killed_shepherd_can_be_cancelled(tmp_path: Path) -> None:
@@ -349,12 +377,14 @@ def test_orphans_of_a_killed_shepherd_can_be_cancelled(tmp_path: Path) -> None:
     finally:
         shepherd.send_signal(signal.SIGKILL)
         shepherd.wait()
-    pid = json.loads((state_dir / f"{job_id}.pid").read_text())["pid"]
+    pid = open_jobs(state_dir)[job_id]
     assert not process_gone(pid), "the orphan should outlive its shepherd"
     try:
         LocalBackend(state_dir).cancel([job_id])
         assert wait_gone(pid)
-        assert not (state_dir / f"{job_id}.pid").exists()
+        # The next pool that reads the journal finds its shepherd and its job dead, and removes it.
+        LocalBackend(state_dir).cancel(["1-1-abcdef"])
+        assert list(journal_paths(state_dir)) == []
     finally:
         if not process_gone(pid):
             os.kill(pid, signal.SIGKILL)
@@ -368,11 +398,12 @@ def test_recycled_pid_is_never_killed(tmp_path: Path) -> None:
         ticks = start_ticks(bystander.pid)
         assert ticks is not None
         job_id = "1-1-abcdef"
-        (state_dir / f"{job_id}.pid").write_text(json.dumps({"pid": bystander.pid, "start_ticks": ticks - 1}))
+        journal = state_dir / "1-0123abcd.jobs"  # a dead pool (pid 1 never ran a pool) and a recycled pid
+        journal.write_text(f"owner 1 -\nstart {job_id} {bystander.pid} {ticks - 1}\n")
         LocalBackend(state_dir).cancel([job_id])
         time.sleep(0.1)
         assert bystander.poll() is None  # still running
-        assert not (state_dir / f"{job_id}.pid").exists()  # the stale record is gone
+        assert not journal.exists()  # the stale record is gone
     finally:
         bystander.kill()
         bystander.wait()
@@ -381,10 +412,10 @@ def test_recycled_pid_is_never_killed(tmp_path: Path) -> None:
 def test_close_kills_running_and_queued_jobs(tmp_path: Path, make_spec: MakeSpec) -> None:
     pool = LocalBackend(tmp_path / "state", max_cores=1, kill_grace_seconds=0.5)
     ids = pool.submit([make_spec(["/bin/sleep", "30"]) for _ in range(2)])
-    pid = json.loads((tmp_path / "state" / f"{ids[0]}.pid").read_text())["pid"]
+    pid = wait_for_journal(tmp_path / "state", ids[0])
     pool.close()
     assert process_gone(pid)
-    assert list((tmp_path / "state").glob("*.pid")) == []
+    assert list(journal_paths(tmp_path / "state")) == []  # nothing left to clean up after a crash
     statuses = pool.poll(ids)
     assert [status.failure for status in statuses.values()] == ["cancelled", "cancelled"]
 
@@ -415,3 +446,42 @@ def test_registry_rejects_unknown_names_and_options(tmp_path: Path) -> None:
         create_backend("nonexistent")
     with pytest.raises(BadInput, match="max_cpus"):
         create_backend("local", state_dir=tmp_path, max_cpus=3)
+
+
+def test_the_launcher_starts_queued_jobs_while_the_caller_is_busy(
+    tmp_path: Path, make_spec: MakeSpec
+) -> None:
+    with LocalBackend(tmp_path / "state", max_cores=1) as pool:
+        ids = pool.submit([make_spec(["/bin/true"]) for _ in range(3)] + [make_spec(["/bin/sleep", "30"])])
+        # The caller neither polls nor waits (a shepherd busy with its catalog): the pool goes on alone.
+        end = time.monotonic() + 10
+        while ids[3] not in pool._running and time.monotonic() < end:
+            time.sleep(0.01)
+        statuses = pool.poll(ids)
+    assert [statuses[i].state for i in ids] == [JobState.SUCCEEDED] * 3 + [JobState.RUNNING]
+
+
+def test_short_jobs_deepen_the_queue_and_long_ones_keep_the_default(
+    tmp_path: Path, make_spec: MakeSpec
+) -> None:
+    with LocalBackend(tmp_path / "state", max_cores=2) as pool:
+        run_to_end(pool, pool.submit([make_spec(["/bin/true"]) for _ in range(20)]))
+        assert pool.queue_depth == 2 * MAX_QUEUE_DEPTH_PER_CORE
+    with LocalBackend(tmp_path / "state", max_cores=2) as pool:
+        run_to_end(pool, pool.submit([make_spec(["/bin/sleep", "1.1"]) for _ in range(2)]))
+        assert pool.queue_depth == 2 * QUEUE_DEPTH_PER_CORE
+    with LocalBackend(tmp_path / "state", max_cores=2, queue_depth=3) as pool:
+        run_to_end(pool, pool.submit([make_spec(["/bin/true"]) for _ in range(5)]))
+        assert pool.queue_depth == 3  # a depth given is kept
+
+
+def test_the_journal_records_starts_and_ends_and_goes_with_a_clean_close(
+    tmp_path: Path, make_spec: MakeSpec
+) -> None:
+    state_dir = tmp_path / "state"
+    with LocalBackend(state_dir, max_cores=1) as pool:
+        done, running = pool.submit([make_spec(["/bin/true"]), make_spec(["/bin/sleep", "30"])])
+        pid = wait_for_journal(state_dir, running)
+        run_to_end(pool, [done])
+        assert open_jobs(state_dir) == {running: pid}  # the finished job is closed in the journal
+    assert list(journal_paths(state_dir)) == []

@@ -20,6 +20,7 @@ from osa_grid.core.planner import (
     common_metadata,
     decide_retry,
     group_key,
+    grouping_metadata,
     plan_groups,
     task_id,
     upstream_drained,
@@ -173,6 +174,21 @@ def test_by_run_with_several_keys() -> None:
     outcome = plan(t, files)
     assert sorted(task.group_key for task in outcome.tasks) == ["run_id=1,stream=1", "run_id=1,stream=2"]
     assert all(len(task.inputs) == 2 for task in outcome.tasks)
+
+
+def test_grouping_metadata_is_what_group_keys_and_completeness_read() -> None:
+    assert grouping_metadata(BY_RUN.grouping) == ("run_id", "n_subruns")
+    by_night = transformation({"mode": "by_run", "keys": ["night", "telescope"], "size_key": None})
+    assert grouping_metadata(by_night.grouping) == ("night", "telescope")
+    assert [grouping_metadata(t.grouping) for t in (PER_FILE, BY_SIZE, ALL)] == [(), (), ()]
+    # Records holding only those keys group exactly as records holding every key.
+    full = [FileRecord(i, f"f{i}", {"run_id": i % 2, "n_subruns": 2, "source": "Crab"}) for i in range(4)]
+    trimmed = [
+        FileRecord(r.id, r.lfn, {k: r.metadata[k] for k in grouping_metadata(BY_RUN.grouping)}) for r in full
+    ]
+    assert [t.task_id for t in plan_groups("p", BY_RUN, trimmed, False).tasks] == [
+        t.task_id for t in plan_groups("p", BY_RUN, full, False).tasks
+    ]
 
 
 def test_group_key_marks_missing_keys() -> None:
