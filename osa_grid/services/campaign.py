@@ -31,7 +31,7 @@ from osa_grid.core.validation import topological_order
 from osa_grid.data import data_manager_from_settings
 from osa_grid.errors import CampaignInvalid
 from osa_grid.logs import event, get_logger
-from osa_grid.ports import Backend, DataManager
+from osa_grid.ports import Backend, DataManager, JobState
 from osa_grid.services.productions import (
     change_states,
     definition_of,
@@ -333,6 +333,9 @@ def _kill(catalog: Catalog, backend: Backend, production: str, reason: str) -> i
     job_ids = [t.job_id for t in active if t.job_id]
     if job_ids:
         backend.cancel(job_ids)
+        # A job that had ended well before the cancel reached it keeps its result: the next pass collects it.
+        ended = {job for job, status in backend.poll(job_ids).items() if status.state == JobState.SUCCEEDED}
+        active = [t for t in active if t.job_id not in ended]
     if active:
         catalog.requeue_lost([t.task_id for t in active], reason)
     event(log, "campaign_jobs_killed", production=production, count=len(active))
