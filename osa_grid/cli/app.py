@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+import typer.main
 from rich.console import Group
 from rich.live import Live
 
 from osa_grid import __version__
 from osa_grid.catalog.staging import stuck_inputs
-from osa_grid.cli.campaign import campaign_app
 from osa_grid.cli.common import console, handle_errors, settings_of
-from osa_grid.cli.nightly import nightly_app, web
-from osa_grid.cli.query_cmds import register as register_query_commands
-from osa_grid.cli.site import site_app
 from osa_grid.cli.views import failures_table, production_table, stuck_staging_table
 from osa_grid.core.metadata import parse_literal
 from osa_grid.core.models import Production
@@ -37,7 +36,44 @@ from osa_grid.services.productions import (
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
 from osa_grid.services.workspace import Workspace, open_workspace
 
+# Commands defined in modules of their own, imported only when one of them is run or the help lists
+# them: a command does not pay for the imports of the others (campaign, nightly, query... each pull in
+# their own services), which is most of a short command's start-up. Each module holds its top-level
+# commands in a Typer named ``commands``.
+LAZY_COMMANDS = {
+    "query": "osa_grid.cli.query_cmds",
+    "provenance": "osa_grid.cli.query_cmds",
+    "runs": "osa_grid.cli.query_cmds",
+    "datasets": "osa_grid.cli.query_cmds",
+    "nightly": "osa_grid.cli.nightly",
+    "web": "osa_grid.cli.nightly",  # the nightly pages, served
+    "site": "osa_grid.cli.site",
+    "campaign": "osa_grid.cli.campaign",
+}
+
+
+@cache
+def _commands_of(module: str) -> typer.core.TyperGroup:
+    group = typer.main.get_group(importlib.import_module(module).commands)
+    assert isinstance(group, typer.core.TyperGroup)
+    return group
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """The top-level group: its own commands, then those of ``LAZY_COMMANDS``, loaded when named."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        return [*super().list_commands(ctx), *LAZY_COMMANDS]
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:  # type: ignore[override]
+        module = LAZY_COMMANDS.get(cmd_name)
+        if module is None:
+            return super().get_command(ctx, cmd_name)
+        return _commands_of(module).get_command(ctx, cmd_name)
+
+
 app = typer.Typer(
+    cls=LazyGroup,
     help="osa-grid: data-driven processing for Cherenkov telescope observatories.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -53,10 +89,6 @@ TaskOption = Annotated[Optional[list[str]], typer.Option(help="Only these task i
 TransformationOption = Annotated[Optional[str], typer.Option(help="Only this transformation")]  # noqa: UP045
 app.add_typer(production_app, name="production")
 app.add_typer(files_app, name="files")
-app.add_typer(nightly_app, name="nightly")
-app.command("web")(web)  # the nightly pages, served
-app.add_typer(site_app, name="site")
-app.add_typer(campaign_app, name="campaign")
 
 
 def _version(value: bool) -> None:
@@ -371,9 +403,6 @@ def _key_value(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise BadInput(f"--meta {item!r}: expected key=value")
     return key.strip(), parse_literal(value.strip())
-
-
-register_query_commands(app)  # query, provenance, runs, datasets
 
 
 def main() -> None:

@@ -309,3 +309,8 @@ def cancel(
         name = _name(workspace, campaign)
         n = campaigns.cancel(workspace, name)
     console.print(f"campaign {name} cancelled ({n} unfinished task(s)).")
+
+
+# The top-level commands of this module (loaded on demand by ``osa_grid.cli.app``).
+commands = typer.Typer()
+commands.add_typer(campaign_app, name="campaign")

@@ -299,3 +299,9 @@ def web(
     with open_workspace(settings) as workspace:
         pages = NightPages(_workflow(workflow), settings.base_dir, workspace.catalog, refresh)
         serve(pages, port, lambda url: console.print(f"serving the nightly pages on {url}", soft_wrap=True))
+
+
+# The top-level commands of this module (loaded on demand by ``osa_grid.cli.app``).
+commands = typer.Typer()
+commands.add_typer(nightly_app, name="nightly")
+commands.command("web")(web)  # the nightly pages, served

@@ -65,17 +65,15 @@ datasets_app = typer.Typer(
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add the query commands to the main application."""
-    app.command("query")(query)
-    app.command("provenance")(provenance)
-    app.command("runs")(runs)
-    app.add_typer(datasets_app, name="datasets")
+# The top-level commands of this module (loaded on demand by ``osa_grid.cli.app``).
+commands = typer.Typer()
+commands.add_typer(datasets_app, name="datasets")
 
 
 # ------------------------------------------------------------------------------------ query
 
 
+@commands.command("query")
 @handle_errors
 def query(
     ctx: typer.Context,
@@ -277,6 +275,7 @@ def human_size(size: int) -> str:
 # ------------------------------------------------------------------------------- provenance
 
 
+@commands.command("provenance")
 @handle_errors
 def provenance(
     ctx: typer.Context,
@@ -391,6 +390,7 @@ def _interval(start: datetime | None, end: datetime | None) -> str:
 # ------------------------------------------------------------------------------------- runs
 
 
+@commands.command("runs")
 @handle_errors
 def runs(
     ctx: typer.Context,

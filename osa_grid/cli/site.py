@@ -326,3 +326,8 @@ def import_files(
     with open_workspace(settings_of(ctx)) as workspace:
         count = run_import(workspace.catalog, workspace.data, query)
     console.print(f"imported {count} new file(s)")
+
+
+# The top-level commands of this module (loaded on demand by ``osa_grid.cli.app``).
+commands = typer.Typer()
+commands.add_typer(site_app, name="site")
