@@ -6,12 +6,12 @@ so the log and the state never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -250,24 +250,35 @@ class Catalog:
         lfns = [f.lfn for f in new_files]
         if len(set(lfns)) != len(lfns):
             raise BadInput("the same LFN is given twice in one registration")
-        for new_file in new_files:
-            _check_lengths(new_file)
+        _check_lengths(new_files)
         serialize_registrations(conn)
         # Ids drawn up front let every table go in through the driver's bulk path (no INSERT ... RETURNING).
         ids = reserve_ids(conn, s.files, len(new_files))
         now = utcnow()
         created = _bound(conn, s.files.c.created_at, now)
         made_by = list(owners) if owners is not None else [task_id] * len(new_files)
-        self._insert_file_rows(
-            conn,
-            [
-                (file_id, f.lfn, f.size, f.checksum, created, owner)
-                for file_id, f, owner in zip(ids, new_files, made_by, strict=True)
-            ],
-        )
+        if made_by.count(None) != len(made_by):
+            self._insert_file_rows(
+                conn,
+                _FILE_COLUMNS,
+                [
+                    (file_id, f.lfn, f.size, f.checksum, created, owner)
+                    for file_id, f, owner in zip(ids, new_files, made_by, strict=True)
+                ],
+            )
+        else:  # the column left out is NULL, and a None costs more to bind than the row (see _TypedRows)
+            self._insert_file_rows(
+                conn,
+                _FILE_COLUMNS[:-1],
+                [
+                    (file_id, f.lfn, f.size, f.checksum, created)
+                    for file_id, f in zip(ids, new_files, strict=True)
+                ],
+            )
         typed = _TypedRows()
-        metadata = [row for file_id, f in zip(ids, new_files, strict=True) for row in typed.rows(file_id, f)]
-        insert_bound(conn, s.file_metadata, _TypedRows.COLUMNS, metadata)
+        typed.add(ids, new_files)
+        for columns, rows in typed.tables():
+            insert_bound(conn, s.file_metadata, columns, rows)
         self._note_metadata_keys(conn, typed.keys)
         replicated = _bound(conn, s.replicas.c.created_at, now)
         replicas = [
@@ -278,14 +289,16 @@ class Catalog:
         insert_bound(conn, s.replicas, _REPLICA_COLUMNS, replicas)
         return ids
 
-    def _insert_file_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _insert_file_rows(
+        self, conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
         """The files rows; an LFN already registered is refused by the UNIQUE constraint, named, and undone.
 
         The constraint does the check a query per 500 LFNs did before, at no cost when nothing clashes.
         """
         try:
             with conn.begin_nested():
-                insert_bound(conn, s.files, _FILE_COLUMNS, rows)
+                insert_bound(conn, s.files, columns, rows)
         except (sa.exc.IntegrityError, conn.dialect.dbapi.IntegrityError) as exc:  # type: ignore[union-attr]
             existing = self._existing_lfns(conn, [row[1] for row in rows])
             if not existing:
@@ -1422,32 +1435,72 @@ class _TypedRows:
     The files registered together share most of their values (a run's night, source, zenith...):
     half of the time of a bulk registration went into checking the same values again, and most of
     the rest into building a dict per row.
+
+    The rows are kept apart by the value columns they fill, and each kind is inserted without the
+    columns it leaves NULL: Python 3.11's sqlite3 binds a None through its adapter look-up (failed
+    attribute look-ups that each format an AttributeError), which cost more than the rest of the
+    row's insert, and every row has two or three of them.
     """
 
-    COLUMNS = ("file_id", "key", "vtype", "vint", "vnum", "vstr")
+    COLUMNS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "int": ("file_id", "key", "vtype", "vint", "vnum"),
+        "float": ("file_id", "key", "vtype", "vnum"),
+        "text": ("file_id", "key", "vtype", "vstr"),
+    }
 
     def __init__(self) -> None:
-        self.typed: dict[tuple[str, type, object], tuple[Any, ...]] = {}
+        # signature -> (append to the rows of its kind, the row without its file id)
+        self.typed: dict[tuple[Any, ...], tuple[Callable[[tuple[Any, ...]], None], tuple[Any, ...]]] = {}
         self.keys: set[tuple[str, str]] = set()  # (key, vtype) of every row made
+        self.rows: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in self.COLUMNS}
 
-    def rows(self, file_id: int, new_file: NewFile) -> list[tuple[Any, ...]]:
-        found = []
-        for key, value in new_file.metadata.items():
-            # The type and, for floats, the bits: 1 == 1.0 == True and 0.0 == -0.0, but they are stored apart.
-            signature = (key, type(value), value.hex() if isinstance(value, float) else value)
-            try:
-                typed = self.typed.get(signature)
-            except TypeError:  # unhashable, so no metadata value: _typed says why
-                typed = self._typed(key, value)
-            if typed is None:
-                typed = self.typed[signature] = self._typed(key, value)
-            found.append((file_id, *typed))
-        return found
+    def add(self, ids: Sequence[int], new_files: Sequence[NewFile]) -> None:
+        typed = self.typed
+        known = typed.get
+        for file_id, new_file in zip(ids, new_files, strict=True):
+            head = (file_id,)
+            for item in new_file.metadata.items():
+                value = item[1]
+                kind = type(value)
+                # 1 == 1.0 == True are stored apart, hence the type; equal floats other than 0.0 == -0.0
+                # have the same bits, and equal strs, ints and dates are the same value.
+                try:
+                    if kind in _PLAIN or (kind is float and value):
+                        signature: tuple[Any, ...] = (item, kind)
+                    else:
+                        signature = _signature(item, kind)
+                    found = known(signature)
+                except TypeError:  # unhashable, so no metadata value: _typed says why
+                    found = self._typed(*item)
+                if found is None:
+                    found = typed[signature] = self._typed(*item)
+                append, values = found
+                append(head + values)
 
-    def _typed(self, key: str, value: object) -> tuple[Any, ...]:
+    def tables(self) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+        """(columns, rows) of each kind of row, in the order of the ids within each."""
+        return [(self.COLUMNS[kind], rows) for kind, rows in self.rows.items() if rows]
+
+    def _typed(self, key: str, value: object) -> tuple[Callable[[tuple[Any, ...]], None], tuple[Any, ...]]:
         row = metadata_row(0, key, value)
-        self.keys.add((key, row["vtype"]))
-        return tuple(row[column] for column in self.COLUMNS[1:])
+        vtype = row["vtype"]
+        self.keys.add((key, vtype))
+        kind = vtype if vtype in ("int", "float") else "text"
+        values = tuple(row[column] for column in self.COLUMNS[kind][1:])
+        return self.rows[kind].append, values
+
+
+_PLAIN = frozenset([str, int, date])
+
+
+def _signature(item: tuple[str, object], kind: type) -> tuple[Any, ...]:
+    """What tells apart two equal values stored differently, beyond the type (see ``_TypedRows.add``)."""
+    value = item[1]
+    if isinstance(value, float):  # 0.0 == -0.0: the bits
+        return (item, kind, value.hex())
+    if isinstance(value, datetime):  # the two sides of a fold compare equal in their own time zone
+        return (item, kind, value.fold)
+    return (item, kind)
 
 
 _TASK_ID = attrgetter("task_id")
@@ -1554,8 +1607,38 @@ def _max_length(column: sa.Column[Any]) -> int | None:
     return getattr(column.type, "length", None)
 
 
-def _check_lengths(new_file: NewFile) -> None:
-    """Every database must refuse the same values, with a clear message (SQLite would store anything)."""
+# The text columns a registration fills from NewFile / Replica attributes of the same names.
+_FILE_TEXT = (s.files.c.lfn, s.files.c.checksum)
+_REPLICA_TEXT = (s.replicas.c.store, s.replicas.c.pfn, s.replicas.c.state)
+
+
+def _check_lengths(new_files: Sequence[NewFile]) -> None:
+    """Every database must refuse the same values, with a clear message (SQLite would store anything).
+
+    The longest value of each column is found in C (``max(map(len, ...))``, a tenth of the time of a
+    check per file); only when one is too long, or is no text, are the files gone through one by one,
+    for the message about the first culprit.
+    """
+    replicas = [replica for new_file in new_files for replica in new_file.replicas]
+    try:
+        fits = all(
+            _fits(column, map(attrgetter(column.name), items))
+            for columns, items in ((_FILE_TEXT, new_files), (_REPLICA_TEXT, replicas))
+            for column in columns
+        )
+    except (TypeError, AttributeError):  # no text: the check per file fails as it always did
+        fits = False
+    if not fits:
+        for new_file in new_files:
+            _check_file_lengths(new_file)
+
+
+def _fits(column: sa.Column[Any], values: Iterable[str]) -> bool:
+    length = _max_length(column)
+    return length is None or max(map(len, values), default=0) <= length
+
+
+def _check_file_lengths(new_file: NewFile) -> None:
     checks: list[tuple[sa.Column[Any], str]] = [
         (s.files.c.lfn, new_file.lfn),
         (s.files.c.checksum, new_file.checksum),

@@ -6,12 +6,14 @@ fresh SQLite file always and on a fresh PostgreSQL database when integration tes
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -291,6 +293,53 @@ def test_other_time_zones_come_back_as_the_same_instant_in_utc(catalog: Catalog)
     assert found is not None
     assert found.metadata["start"] == cet
     assert found.metadata["start"].utcoffset() == timedelta(0)
+
+
+def test_equal_values_stored_differently_stay_apart_in_one_registration(catalog: Catalog) -> None:
+    # One registration types each distinct value once and shares the row it makes: values that compare
+    # equal but are stored differently must not share it.
+    madrid = ZoneInfo("Europe/Madrid")
+    first_half_hour = datetime(2024, 10, 27, 2, 30, tzinfo=madrid)  # the clocks go back at 03:00
+    values: list[Any] = [1, 1.0, 0.0, -0.0, first_half_hour, first_half_hour.replace(fold=1)]
+    catalog.register_files([make_file(f"/same_{i}.h5", x=value) for i, value in enumerate(values)])
+    found = [catalog.file(f"/same_{i}.h5") for i in range(len(values))]
+    stored = [f.metadata["x"] for f in found if f is not None]
+    assert [type(v) for v in stored] == [int, float, float, float, datetime, datetime]
+    assert stored[4] == datetime(2024, 10, 27, 0, 30, tzinfo=UTC)
+    assert stored[5] == datetime(2024, 10, 27, 1, 30, tzinfo=UTC)
+    if catalog.engine.dialect.name == "postgresql":  # SQLite stores a whole REAL as an integer: no -0.0
+        assert [math.copysign(1, v) for v in stored[2:4]] == [1.0, -1.0]
+    assert catalog.metadata_keys() == {"x": {"int", "float", "datetime"}}
+
+
+def test_registration_keeps_each_files_producing_task(catalog: Catalog, production: Production) -> None:
+    save(catalog, production)
+    catalog.register_files([lst_subrun(1807, 0)])
+    created, tasks = plan(catalog, production, "calibrate")
+    assert created == 1
+    task_id = tasks[0].task_id
+    catalog.register_files([make_file("/made.h5", run_id=1)], task_id=task_id)
+    catalog.register_files([make_file("/found.h5", run_id=1)])
+    made, found = catalog.file("/made.h5"), catalog.file("/found.h5")
+    assert made is not None and made.task_id == task_id
+    assert found is not None and found.task_id is None
+
+
+def test_the_first_value_too_long_is_named_in_a_large_batch(catalog: Catalog) -> None:
+    good = [make_file(f"/ok_{i}.h5", replicas=[Replica(f"/ok_{i}.h5", "disk", "/d")]) for i in range(1000)]
+    long_pfn = make_file("/long_pfn.h5", replicas=[Replica("/long_pfn.h5", "disk", "/" + "p" * 2048)])
+    long_state = make_file("/long_state.h5", replicas=[Replica("/long_state.h5", "disk", "/d", "s" * 17)])
+    long_lfn = make_file("/" + "x" * 1024)
+    batch = [*good[:500], long_pfn, *good[500:], long_lfn, long_state]
+    message = "replicas.pfn of '/long_pfn.h5' is longer than 2048 characters"
+    with pytest.raises(BadInput, match=re.escape(message)):
+        catalog.register_files(batch)
+    with pytest.raises(BadInput, match=re.escape("replicas.state of '/long_state.h5' is longer than 16")):
+        catalog.register_files([*good, long_state, long_lfn])
+    with pytest.raises(BadInput, match=re.escape(f"files.lfn of {long_lfn.lfn[:80]!r} is longer than 1024")):
+        catalog.register_files([*good, long_lfn, long_state])
+    assert row_count(catalog, schema.files) == 0
+    assert len(catalog.register_files(good)) == 1000
 
 
 def test_empty_registration_does_nothing(catalog: Catalog) -> None:
