@@ -30,7 +30,7 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -59,6 +59,7 @@ from osa_grid.errors import BadInput
 
 _FILES = schema.files
 _META = schema.file_metadata
+_SET_META = schema.set_metadata
 _MEMBERS = schema.dataset_files
 _NUMBER_TYPES = ("int", "float")
 _TEXT_TYPES = ("str", "date", "datetime")
@@ -78,16 +79,77 @@ _WIDENED: dict[str, str] = {"=": "=", "<": "<=", "<=": "<=", ">": ">=", ">=": ">
 
 
 @dataclass(frozen=True)
+class KeyPlaces:
+    """Where each key has values: per file (file_metadata), in metadata sets (set_metadata), or both.
+
+    A key in neither is treated as per-file: its conditions then match nothing, as they should.
+    """
+
+    in_files: frozenset[str] = frozenset()
+    in_sets: frozenset[str] = frozenset()
+
+    def in_files_of(self, key: str) -> bool:
+        return key in self.in_files or key not in self.in_sets
+
+    def only_in_sets(self, key: str) -> bool:
+        return key in self.in_sets and key not in self.in_files
+
+
+@dataclass(frozen=True)
+class OnSets:
+    """A positive condition on keys stored only in metadata sets, answered on the sets first.
+
+    ``night in D1..D2 and data_level = DL3`` intersects the sets of those nights with the DL3 sets
+    (one index entry per set each), then takes the files of the sets left: never the entries of every
+    file of those nights. Made by ``prepare``; a file without a set has none of these keys, so a positive
+    condition is false for it, which ``files.set_id IN (...)`` gives.
+    """
+
+    node: Node
+
+
+@dataclass(frozen=True)
 class Plan:
     """How to run one query: which nodes drive (by ``id()``), frozen datasets, the registration cursor."""
 
     drivers: frozenset[int] = frozenset()
     datasets: Mapping[str, int] = field(default_factory=dict)  # frozen dataset name -> datasets.id
     after_id: int = 0  # only files registered after this id (the planner's cursor)
+    places: KeyPlaces = field(default_factory=KeyPlaces)
+
+
+def prepare(node: Node, places: KeyPlaces) -> Node:
+    """The query with its positive conditions on set-only keys grouped into ``OnSets`` nodes.
+
+    Run once per query, before ``plan_query`` and ``compile_query``, which both take its result.
+    """
+    if _on_sets_only(node, places):
+        return cast(Node, OnSets(node))  # a node of this module's own, handled wherever a leaf is
+    if isinstance(node, And):
+        grouped = [item for item in node.items if _on_sets_only(item, places)]
+        rest = [prepare(item, places) for item in node.items if not _on_sets_only(item, places)]
+        if not grouped:
+            return And(tuple(rest))
+        on_sets = cast(Node, OnSets(grouped[0] if len(grouped) == 1 else And(tuple(grouped))))
+        return And((on_sets, *rest))
+    if isinstance(node, Or):
+        return Or(tuple(prepare(item, places) for item in node.items))
+    if isinstance(node, Not):
+        return Not(prepare(node.item, places))
+    return node
+
+
+def _on_sets_only(node: Node, places: KeyPlaces) -> bool:
+    """Whether the node is positive and reads only keys stored only in metadata sets."""
+    if isinstance(node, And | Or):
+        return all(_on_sets_only(item, places) for item in node.items)
+    if isinstance(node, Comparison | Exists) or (isinstance(node, InList | Range) and not node.negated):
+        return places.only_in_sets(node.key)
+    return False
 
 
 def compile_query(node: Node, plan: Plan | None = None) -> ColumnElement[bool]:
-    """A boolean SQL expression selecting the rows of ``schema.files`` that match the query."""
+    """A boolean SQL expression selecting the rows of ``schema.files`` that match the (prepared) query."""
     return _Compiler(plan or Plan()).compile(node)
 
 
@@ -96,6 +158,11 @@ class _Compiler:
         self.plan = plan
 
     def compile(self, node: Node) -> ColumnElement[bool]:
+        if isinstance(node, OnSets):
+            # One form whether it drives or checks: the sets answer first, PostgreSQL and SQLite then
+            # probe or hash them (the files' set_id index drives).
+            # Never NULL (files without a set have a NULL set_id), so that ``not`` inverts it exactly.
+            return sa.and_(_FILES.c.set_id.is_not(None), _FILES.c.set_id.in_(set_rows(node.node)))
         if isinstance(node, LEAF_TYPES):
             return self.leaf(node)
         if isinstance(node, Not):
@@ -107,14 +174,16 @@ class _Compiler:
         driven = id(leaf) in self.plan.drivers
         if isinstance(leaf, InDataset):
             return self.dataset(leaf, driven)
+        places = self.plan.places
         if isinstance(leaf, InList | Range) and leaf.negated:
             # Two subqueries, not one with NOT inside: NOT of a NULL comparison would drop the row.
-            comparable = _comparable_rows(leaf)
-            return sa.and_(_has(leaf.key, comparable), sa.not_(_has(leaf.key, _positive_condition(leaf))))
-        condition = _positive_condition(leaf)
+            return sa.and_(
+                _has(leaf.key, places, lambda m: _comparable_rows(leaf, m)),
+                sa.not_(_has(leaf.key, places, lambda m: _positive_condition(leaf, m))),
+            )
         if driven:
             return _FILES.c.id.in_(leaf_rows(leaf, self.plan))
-        return _has(leaf.key, condition)
+        return _has(leaf.key, places, lambda m: _positive_condition(leaf, m))
 
     def dataset(self, leaf: InDataset, driven: bool) -> ColumnElement[bool]:
         dataset_id = dataset_id_of(leaf, self.plan)
@@ -131,79 +200,121 @@ def dataset_id_of(leaf: InDataset, plan: Plan) -> int:
         raise BadInput(f"unknown dataset {leaf.name!r}") from None
 
 
-def leaf_rows(leaf: Leaf, plan: Plan) -> sa.Select[Any]:
+def leaf_rows(leaf: Leaf | OnSets, plan: Plan) -> sa.Select[Any] | sa.CompoundSelect:
     """The ids of the files a (non-negated) condition selects, straight from an index."""
     if isinstance(leaf, InDataset):
         rows = sa.select(_MEMBERS.c.file_id).where(_MEMBERS.c.dataset_id == dataset_id_of(leaf, plan))
         return rows.where(_MEMBERS.c.file_id > plan.after_id) if plan.after_id else rows
-    rows = sa.select(_META.c.file_id).where(_META.c.key == leaf.key, _positive_condition(leaf))
-    return rows.where(_META.c.file_id > plan.after_id) if plan.after_id else rows
+    if isinstance(leaf, OnSets):
+        sets = sa.select(_FILES.c.id).where(_FILES.c.set_id.in_(set_rows(leaf.node)))
+        return sets.where(_FILES.c.id > plan.after_id) if plan.after_id else sets
+    places = plan.places
+    selects: list[sa.Select[Any]] = []
+    if places.in_files_of(leaf.key):
+        rows = sa.select(_META.c.file_id).where(_META.c.key == leaf.key, _positive_condition(leaf, _META))
+        selects.append(rows.where(_META.c.file_id > plan.after_id) if plan.after_id else rows)
+    if leaf.key in places.in_sets:
+        of_sets = _set_rows_of_leaf(leaf)
+        rows = sa.select(_FILES.c.id).where(_FILES.c.set_id.in_(of_sets))
+        selects.append(rows.where(_FILES.c.id > plan.after_id) if plan.after_id else rows)
+    return selects[0] if len(selects) == 1 else sa.union_all(*selects)
 
 
-def _has(key: str, condition: ColumnElement[bool]) -> ColumnElement[bool]:
-    """The file has a metadata row for ``key`` that satisfies ``condition``."""
-    rows = sa.exists().where(_META.c.file_id == _FILES.c.id, _META.c.key == key, condition)
-    return rows.correlate(_FILES)
+def set_rows(node: Node) -> sa.Select[Any] | sa.CompoundSelect:
+    """The ids of the metadata sets a positive condition on set keys selects: and = intersect, or = union."""
+    if isinstance(node, And | Or):
+        parts = [_simple(set_rows(item)) for item in node.items]
+        return sa.intersect(*parts) if isinstance(node, And) else sa.union(*parts)
+    assert isinstance(node, Comparison | InList | Range | Exists)
+    return _set_rows_of_leaf(node)
 
 
-def _positive_condition(leaf: Comparison | InList | Range | Exists) -> ColumnElement[bool]:
-    """The condition on one metadata row, ignoring ``not in``."""
+def _simple(rows: sa.Select[Any] | sa.CompoundSelect) -> sa.Select[Any]:
+    """A compound select as a plain one: SQLite refuses a compound nested in another."""
+    return rows if isinstance(rows, sa.Select) else sa.select(rows.subquery().c.set_id)
+
+
+def _set_rows_of_leaf(leaf: Comparison | InList | Range | Exists) -> sa.Select[Any]:
+    return sa.select(_SET_META.c.set_id).where(
+        _SET_META.c.key == leaf.key, _positive_condition(leaf, _SET_META)
+    )
+
+
+ValueCondition = Callable[[sa.Table], ColumnElement[bool]]
+
+
+def _has(key: str, places: KeyPlaces, condition: ValueCondition) -> ColumnElement[bool]:
+    """The file has a value for ``key`` that satisfies ``condition``, in its own metadata or its set's."""
+    found: list[ColumnElement[bool]] = []
+    if places.in_files_of(key):
+        rows = sa.exists().where(_META.c.file_id == _FILES.c.id, _META.c.key == key, condition(_META))
+        found.append(rows.correlate(_FILES))
+    if key in places.in_sets:
+        in_set = sa.exists().where(
+            _SET_META.c.set_id == _FILES.c.set_id, _SET_META.c.key == key, condition(_SET_META)
+        )
+        found.append(in_set.correlate(_FILES))
+    return found[0] if len(found) == 1 else sa.or_(*found)
+
+
+def _positive_condition(leaf: Comparison | InList | Range | Exists, m: sa.Table) -> ColumnElement[bool]:
+    """The condition on one metadata row of ``m`` (file_metadata or set_metadata), ignoring ``not in``."""
     if isinstance(leaf, Comparison):
-        return _value_condition(leaf.op, leaf.value)
+        return _value_condition(m, leaf.op, leaf.value)
     if isinstance(leaf, InList):
-        return _any_equal(leaf.values)
+        return _any_equal(m, leaf.values)
     if isinstance(leaf, Range):
-        return sa.and_(_value_condition(">=", leaf.low), _value_condition("<=", leaf.high))
+        return sa.and_(_value_condition(m, ">=", leaf.low), _value_condition(m, "<=", leaf.high))
     # Every row has a number in vnum or text in vstr: this form can use both partial indexes.
-    return sa.or_(_META.c.vnum.is_not(None), _META.c.vstr.is_not(None))
+    return sa.or_(m.c.vnum.is_not(None), m.c.vstr.is_not(None))
 
 
-def _comparable_rows(leaf: InList | Range) -> ColumnElement[bool]:
+def _comparable_rows(leaf: InList | Range, m: sa.Table) -> ColumnElement[bool]:
     values = leaf.values if isinstance(leaf, InList) else (leaf.low,)
-    return _META.c.vtype.in_(_types_of(values))
+    return m.c.vtype.in_(_types_of(values))
 
 
-def _value_condition(op: Op, value: MetaValue) -> ColumnElement[bool]:
+def _value_condition(m: sa.Table, op: Op, value: MetaValue) -> ColumnElement[bool]:
     if isinstance(value, str | date):
-        return _text_condition(op, sortable_text(value))
+        return _text_condition(m, op, sortable_text(value))
     if isinstance(value, int):
-        return _int_condition(op, value)
-    return _SQL_OPERATORS[op](_META.c.vnum, value)  # the AST allows '~' with string values only
+        return _int_condition(m, op, value)
+    return _SQL_OPERATORS[op](m.c.vnum, value)  # the AST allows '~' with string values only
 
 
-def _int_condition(op: Op, value: int) -> ColumnElement[bool]:
+def _int_condition(m: sa.Table, op: Op, value: int) -> ColumnElement[bool]:
     """Exact on int rows (vint), as doubles on float rows (vnum), narrowed by vnum for the index."""
     compare = _SQL_OPERATORS[op]
     as_float = float(value)
-    is_float = _META.c.vtype == "float"
+    is_float = m.c.vtype == "float"
     if op == "!=":
-        return sa.or_(compare(_META.c.vint, value), sa.and_(is_float, compare(_META.c.vnum, as_float)))
+        return sa.or_(compare(m.c.vint, value), sa.and_(is_float, compare(m.c.vnum, as_float)))
     # For =, <= and >= the widened vnum condition already decides float rows.
-    floats = is_float if op in ("=", "<=", ">=") else sa.and_(is_float, compare(_META.c.vnum, as_float))
-    widened = _SQL_OPERATORS[_WIDENED[op]](_META.c.vnum, as_float)
-    return sa.and_(widened, sa.or_(compare(_META.c.vint, value), floats))
+    floats = is_float if op in ("=", "<=", ">=") else sa.and_(is_float, compare(m.c.vnum, as_float))
+    widened = _SQL_OPERATORS[_WIDENED[op]](m.c.vnum, as_float)
+    return sa.and_(widened, sa.or_(compare(m.c.vint, value), floats))
 
 
-def _text_condition(op: Op, text: str) -> ColumnElement[bool]:
+def _text_condition(m: sa.Table, op: Op, text: str) -> ColumnElement[bool]:
     if op == "~":
-        return _Glob(_META.c.vstr, text)
+        return _Glob(m.c.vstr, text)
     # Equality is bytewise under any deterministic collation and keeps the index usable.
-    column = _META.c.vstr if op in ("=", "!=") else _Bytewise(_META.c.vstr)
+    column = m.c.vstr if op in ("=", "!=") else _Bytewise(m.c.vstr)
     return _SQL_OPERATORS[op](column, text)
 
 
-def _any_equal(values: Sequence[MetaValue]) -> ColumnElement[bool]:
+def _any_equal(m: sa.Table, values: Sequence[MetaValue]) -> ColumnElement[bool]:
     ints = [v for v in values if isinstance(v, int)]
     floats = [v for v in values if isinstance(v, float)]
     texts = [sortable_text(v) for v in values if isinstance(v, str | date)]
     conditions: list[ColumnElement[bool]] = []
     if ints:
-        exact = sa.or_(_META.c.vint.in_(ints), _META.c.vtype == "float")
-        conditions.append(sa.and_(_META.c.vnum.in_([float(v) for v in ints]), exact))
+        exact = sa.or_(m.c.vint.in_(ints), m.c.vtype == "float")
+        conditions.append(sa.and_(m.c.vnum.in_([float(v) for v in ints]), exact))
     if floats:
-        conditions.append(_META.c.vnum.in_(floats))
+        conditions.append(m.c.vnum.in_(floats))
     if texts:
-        conditions.append(_META.c.vstr.in_(texts))
+        conditions.append(m.c.vstr.in_(texts))
     return sa.or_(*conditions)
 
 
@@ -219,11 +330,15 @@ def _types_of(values: Sequence[MetaValue]) -> list[str]:
 
 # ------------------------------------------------------------------------------------ planning
 
-Estimate = Callable[[sa.Select[Any]], int]
+Estimate = Callable[[sa.Select[Any] | sa.CompoundSelect], int]
 
 
 def plan_query(
-    node: Node, estimate: Estimate, datasets: Mapping[str, int] | None = None, after_id: int = 0
+    node: Node,
+    estimate: Estimate,
+    datasets: Mapping[str, int] | None = None,
+    after_id: int = 0,
+    places: KeyPlaces | None = None,
 ) -> Plan:
     """Drive the query from its most selective conditions; ``estimate`` counts a statement's rows.
 
@@ -231,22 +346,23 @@ def plan_query(
     a lone condition or an ``or`` of conditions drives without asking. A query that cannot drive (a
     ``not`` at the top) checks every file.
     """
-    base = Plan(datasets=dict(datasets or {}), after_id=after_id)
+    base = Plan(datasets=dict(datasets or {}), after_id=after_id, places=places or KeyPlaces())
     if not drivable(node):
         return base
     drivers: set[int] = set()
     _mark(node, _Costs(base, estimate), drivers)
-    return Plan(frozenset(drivers), base.datasets, after_id)
+    return Plan(frozenset(drivers), base.datasets, after_id, base.places)
 
 
 def drivable(node: Node) -> bool:
     """Whether the node's matches can be read from an index (not: a negation, which needs every file)."""
     if isinstance(node, Not) or (isinstance(node, InList | Range) and node.negated):
         return False
-    if isinstance(node, LEAF_TYPES):
+    if isinstance(node, (*LEAF_TYPES, OnSets)):
         return True
     if isinstance(node, Or):
         return all(drivable(item) for item in node.items)
+    assert isinstance(node, And)
     return any(drivable(item) for item in node.items)
 
 
@@ -275,7 +391,7 @@ class _Costs:
         return self.known[id(node)]
 
     def _compute(self, node: Node) -> int:
-        if isinstance(node, LEAF_TYPES):
+        if isinstance(node, (*LEAF_TYPES, OnSets)):
             return self.estimate(leaf_rows(node, self.plan))
         if isinstance(node, Or):
             return sum(self.of(item) for item in node.items)
@@ -283,7 +399,7 @@ class _Costs:
         return min(self.of(item) for item in node.items if drivable(item))
 
 
-def capped_count(rows: sa.Select[Any], cap: int = ESTIMATE_CAP) -> sa.Select[Any]:
+def capped_count(rows: sa.Select[Any] | sa.CompoundSelect, cap: int = ESTIMATE_CAP) -> sa.Select[Any]:
     """``count(*)`` of at most ``cap`` rows: bounded work however unselective the condition."""
     return sa.select(sa.func.count()).select_from(rows.limit(cap).subquery())
 
@@ -308,7 +424,45 @@ def file_columns() -> dict[str, sa.ColumnElement[Any]]:
     }
 
 
-def sorted_files(sort: Sequence[SortKey]) -> tuple[sa.FromClause, list[ColumnElement[Any]]]:
+@dataclass(frozen=True)
+class JoinedValue:
+    """The typed value columns of one key joined to each file (all NULL when the file lacks the key)."""
+
+    vtype: ColumnElement[Any]
+    vint: ColumnElement[Any]
+    vnum: ColumnElement[Any]
+    vstr: ColumnElement[Any]
+
+    def columns(self) -> list[ColumnElement[Any]]:
+        return [self.vtype, self.vint, self.vnum, self.vstr]
+
+
+def join_value(
+    source: sa.FromClause, key: str, name: str, places: KeyPlaces, files: sa.FromClause = _FILES
+) -> tuple[sa.FromClause, JoinedValue]:
+    """``source`` outer-joined to the value of ``key`` of each of its ``files``, wherever it is stored."""
+    tables: list[sa.FromClause] = []
+    if places.in_files_of(key):
+        own = _META.alias(f"{name}_own")
+        source = source.outerjoin(own, sa.and_(own.c.file_id == files.c.id, own.c.key == key))
+        tables.append(own)
+    if key in places.in_sets:
+        shared = _SET_META.alias(f"{name}_set")
+        source = source.outerjoin(shared, sa.and_(shared.c.set_id == files.c.set_id, shared.c.key == key))
+        tables.append(shared)
+    names = ("vtype", "vint", "vnum", "vstr")
+    if len(tables) == 1:
+        return source, JoinedValue(*(tables[0].c[column] for column in names))
+    # A file has the key in one place at most: its own row, else its set's.
+    present = tables[0].c.vtype.is_not(None)
+    return source, JoinedValue(
+        *(sa.case((present, tables[0].c[column]), else_=tables[1].c[column]) for column in names)
+    )
+
+
+def sorted_files(
+    sort: Sequence[SortKey], places: KeyPlaces | None = None
+) -> tuple[sa.FromClause, list[ColumnElement[Any]]]:
     """The files joined to the metadata they are sorted by, and the ORDER BY (registration order last)."""
     source: sa.FromClause = _FILES
     order: list[ColumnElement[Any]] = []
@@ -318,71 +472,60 @@ def sorted_files(sort: Sequence[SortKey]) -> tuple[sa.FromClause, list[ColumnEle
             column = columns[item.key]
             order.append(column.desc() if item.descending else column.asc())
             continue
-        values = _META.alias(f"sort{index}")
-        source = source.outerjoin(values, _joined(values, item.key))
-        order += _value_order(values, item.descending)
+        source, value = join_value(source, item.key, f"sort{index}", places or KeyPlaces())
+        order += _value_order(value, item.descending)
     order.append(_FILES.c.id.asc())
     return source, order
 
 
-def grouped_files(keys: Sequence[str]) -> sa.Select[Any]:
+def grouped_files(keys: Sequence[str], places: KeyPlaces | None = None) -> sa.Select[Any]:
     """Files and bytes per combination of values of ``keys``: four columns per key, then files, bytes."""
     source: sa.FromClause = _FILES
     columns: list[ColumnElement[Any]] = []
     order: list[ColumnElement[Any]] = []
     for index, key in enumerate(keys):
-        values = _META.alias(f"group{index}")
-        source = source.outerjoin(values, _joined(values, key))
-        columns += [values.c.vtype, values.c.vint, values.c.vnum, values.c.vstr]
-        order += _value_order(values, descending=False)
+        source, value = join_value(source, key, f"group{index}", places or KeyPlaces())
+        columns += value.columns()
+        order += _value_order(value, descending=False)
     totals = [sa.func.count().label("files"), sa.func.sum(_FILES.c.size).label("bytes")]
     return sa.select(*columns, *totals).select_from(source).group_by(*columns).order_by(*order)
 
 
-def runs_of_night() -> sa.Select[Any]:
+def runs_of_night(places: KeyPlaces | None = None) -> sa.Select[Any]:
     """Per run and data level: files, distinct sub-runs, bytes, and the run's type, source, sub-run count."""
-    run, level, subrun, expected, source, run_type = (
-        _META.alias(name) for name in ("run", "level", "subrun", "expected", "source", "run_type")
-    )
-    joined = (
-        _FILES.join(run, _joined(run, "run_id"))
-        .outerjoin(level, _joined(level, "data_level"))
-        .outerjoin(subrun, _joined(subrun, "subrun_id"))
-        .outerjoin(expected, _joined(expected, "n_subruns"))
-        .outerjoin(source, _joined(source, "source"))
-        .outerjoin(run_type, _joined(run_type, "run_type"))
-    )
+    source: sa.FromClause = _FILES
+    values: dict[str, JoinedValue] = {}
+    for key in ("run_id", "data_level", "subrun_id", "n_subruns", "source", "run_type"):
+        source, values[key] = join_value(source, key, key, places or KeyPlaces())
+    run, level = values["run_id"], values["data_level"]
     run_value = [
-        run.c.vtype.label("run_vtype"),
-        run.c.vint.label("run_vint"),
-        run.c.vnum.label("run_vnum"),
-        run.c.vstr.label("run_vstr"),
+        run.vtype.label("run_vtype"),
+        run.vint.label("run_vint"),
+        run.vnum.label("run_vnum"),
+        run.vstr.label("run_vstr"),
     ]
     return (
         sa.select(
             *run_value,
-            level.c.vstr.label("data_level"),
+            level.vstr.label("data_level"),
             sa.func.count().label("files"),
-            sa.func.count(subrun.c.vnum.distinct()).label("subruns"),
+            sa.func.count(values["subrun_id"].vnum.distinct()).label("subruns"),
             sa.func.sum(_FILES.c.size).label("bytes"),
-            sa.func.max(expected.c.vint).label("n_subruns"),
-            sa.func.max(source.c.vstr).label("source"),
-            sa.func.max(run_type.c.vstr).label("run_type"),
+            sa.func.max(values["n_subruns"].vint).label("n_subruns"),
+            sa.func.max(values["source"].vstr).label("source"),
+            sa.func.max(values["run_type"].vstr).label("run_type"),
         )
-        .select_from(joined)
-        .group_by(*run_value, level.c.vstr)
-        .order_by(*_value_order(run, descending=False), _Bytewise(level.c.vstr))
+        .select_from(source)
+        .where(run.vtype.is_not(None))
+        .group_by(run.vtype, run.vint, run.vnum, run.vstr, level.vstr)
+        .order_by(*_value_order(run, descending=False), _Bytewise(level.vstr))
     )
 
 
-def _joined(values: sa.FromClause, key: str) -> ColumnElement[bool]:
-    return sa.and_(values.c.file_id == _FILES.c.id, values.c.key == key)
-
-
-def _value_order(values: sa.FromClause, descending: bool) -> list[ColumnElement[Any]]:
+def _value_order(value: JoinedValue, descending: bool) -> list[ColumnElement[Any]]:
     """Numbers, then text (bytewise), then files without the key; ``descending`` reverses each kind."""
-    kind = sa.case((values.c.vnum.is_not(None), 0), (values.c.vstr.is_not(None), 1), else_=2)
-    ordered = [values.c.vnum, values.c.vint, _Bytewise(values.c.vstr)]
+    kind = sa.case((value.vnum.is_not(None), 0), (value.vstr.is_not(None), 1), else_=2)
+    ordered = [value.vnum, value.vint, _Bytewise(value.vstr)]
     return [kind, *(sa.nulls_last(c.desc() if descending else c.asc()) for c in ordered)]
 
 

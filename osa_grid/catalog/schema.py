@@ -48,6 +48,10 @@ files = sa.Table(
     sa.Column("checksum", sa.String(16), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("task_id", sa.String(64), nullable=True, index=True),
+    # The metadata set holding the file's shared keys (metadata_sets), if it has any. No foreign key:
+    # sets are only ever added, in the transaction that registers their first file.
+    sa.Column("set_id", BigId, nullable=True),
+    sa.Index("ix_files_set_id", "set_id", "id"),
 )
 
 # Text compared by code point on PostgreSQL too, whose default collation may be linguistic: ranges
@@ -87,9 +91,66 @@ file_metadata = sa.Table(
     sqlite_with_rowid=False,
 )
 
-# Every (key, stored type) pair any file has had: what a query may ask for, known without a scan.
+# Every (key, stored type) pair any file has had in file_metadata: what a query may ask for, known
+# without a scan.
 metadata_keys = sa.Table(
     "metadata_keys",
+    metadata,
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("vtype", sa.String(8), primary_key=True),
+)
+
+# Keys shared by many files (a run's night, source, pointing...) are stored once per distinct
+# combination of their values, a metadata set, which its files point at (files.set_id): a range over
+# nights then reads one index entry per run and data level, not one per file, and a registration
+# writes a few rows per file instead of a dozen. Which keys: shared_metadata_keys (seeded by
+# migration 0007); a key may also be in file_metadata (files registered before it was shared), and
+# set_metadata_keys / metadata_keys say where each key has values, so queries read both only then.
+shared_metadata_keys = sa.Table(
+    "shared_metadata_keys",
+    metadata,
+    sa.Column("key", sa.String(128), primary_key=True),
+)
+
+metadata_sets = sa.Table(
+    "metadata_sets",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    # sha256 of the set's typed values (osa_grid.catalog.store): one set per distinct combination.
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+)
+
+set_metadata = sa.Table(
+    "set_metadata",
+    metadata,
+    sa.Column("set_id", BigId, sa.ForeignKey("metadata_sets.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("vtype", sa.String(8), nullable=False),
+    sa.Column("vint", sa.BigInteger, nullable=True),
+    sa.Column("vnum", sa.Double, nullable=True),
+    sa.Column("vstr", MetadataText, nullable=True),
+    sa.Index(
+        "ix_set_metadata_key_vnum",
+        "key",
+        "vnum",
+        "set_id",
+        sqlite_where=sa.text("vnum IS NOT NULL"),
+        postgresql_where=sa.text("vnum IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_set_metadata_key_vstr",
+        "key",
+        "vstr",
+        "set_id",
+        sqlite_where=sa.text("vstr IS NOT NULL"),
+        postgresql_where=sa.text("vstr IS NOT NULL"),
+    ),
+    sqlite_with_rowid=False,
+)
+
+# Every (key, stored type) pair any metadata set has had.
+set_metadata_keys = sa.Table(
+    "set_metadata_keys",
     metadata,
     sa.Column("key", sa.String(128), primary_key=True),
     sa.Column("vtype", sa.String(8), primary_key=True),

@@ -6,6 +6,7 @@ so the log and the state never disagree.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -257,29 +258,24 @@ class Catalog:
         now = utcnow()
         created = _bound(conn, s.files.c.created_at, now)
         made_by = list(owners) if owners is not None else [task_id] * len(new_files)
-        if made_by.count(None) != len(made_by):
-            self._insert_file_rows(
-                conn,
-                _FILE_COLUMNS,
-                [
-                    (file_id, f.lfn, f.size, f.checksum, created, owner)
-                    for file_id, f, owner in zip(ids, new_files, made_by, strict=True)
-                ],
-            )
-        else:  # the column left out is NULL, and a None costs more to bind than the row (see _TypedRows)
-            self._insert_file_rows(
-                conn,
-                _FILE_COLUMNS[:-1],
-                [
-                    (file_id, f.lfn, f.size, f.checksum, created)
-                    for file_id, f in zip(ids, new_files, strict=True)
-                ],
-            )
-        typed = _TypedRows()
+        typed = _TypedRows(self._shared_keys(conn))
         typed.add(ids, new_files)
-        for columns, rows in typed.tables():
-            insert_bound(conn, s.file_metadata, columns, rows)
-        self._note_metadata_keys(conn, typed.keys)
+        set_ids = self._store_sets(conn, typed)
+        columns: list[str] = ["id", "lfn", "size", "checksum", "created_at"]
+        rows: list[tuple[Any, ...]] = [
+            (file_id, f.lfn, f.size, f.checksum, created) for file_id, f in zip(ids, new_files, strict=True)
+        ]
+        # A column every file leaves NULL stays out: a None costs more to bind than the row (see _TypedRows).
+        if made_by.count(None) != len(made_by):
+            columns.append("task_id")
+            rows = [(*row, owner) for row, owner in zip(rows, made_by, strict=True)]
+        if set_ids:
+            columns.append("set_id")
+            rows = [(*row, set_ids.get(members)) for row, members in zip(rows, typed.sets, strict=True)]  # type: ignore[arg-type]
+        self._insert_file_rows(conn, columns, rows)
+        for value_columns, metadata in typed.tables():
+            insert_bound(conn, s.file_metadata, value_columns, metadata)
+        self._note_metadata_keys(conn, s.metadata_keys, typed.keys)
         replicated = _bound(conn, s.replicas.c.created_at, now)
         replicas = [
             (file_id, r.store, r.pfn, r.state, replicated)
@@ -324,18 +320,7 @@ class Catalog:
         found: list[CatalogFile] = []
         for chunk in _chunks(list(ids)):
             rows = conn.execute(sa.select(s.files).where(s.files.c.id.in_(chunk))).all()
-            metadata = collect(
-                conn.execute(
-                    sa.select(
-                        s.file_metadata.c.file_id,
-                        s.file_metadata.c.key,
-                        s.file_metadata.c.vtype,
-                        s.file_metadata.c.vint,
-                        s.file_metadata.c.vnum,
-                        s.file_metadata.c.vstr,
-                    ).where(s.file_metadata.c.file_id.in_(chunk))
-                )
-            )
+            metadata = collect(row for statement in metadata_of(chunk) for row in conn.execute(statement))
             replicas: dict[int, list[Replica]] = {}
             lfn_of = {row.id: row.lfn for row in rows}
             for rep in conn.execute(sa.select(s.replicas).where(s.replicas.c.file_id.in_(chunk))):
@@ -423,16 +408,12 @@ class Catalog:
     def _metadata_rows(conn: Connection, ids: Sequence[int], keys: Collection[str] | None) -> Sequence[Any]:
         """Metadata rows (all keys, or ``keys``) of files by ascending ids: one range scan when they are
         dense, else IN lists."""
-        m = s.file_metadata
-        columns = sa.select(m.c.file_id, m.c.key, m.c.vtype, m.c.vint, m.c.vnum, m.c.vstr)
-        if keys is not None:
-            columns = columns.where(m.c.key.in_(sorted(keys)))
         # Fetched whole: row by row, the driver's fetch costs more than SQLite's scan.
         if (ids[-1] - ids[0] + 1) <= DENSE_RANGE_FACTOR * len(ids):
-            return conn.execute(columns.where(m.c.file_id >= ids[0], m.c.file_id <= ids[-1])).all()
-        return [
-            row for chunk in _chunks(ids) for row in conn.execute(columns.where(m.c.file_id.in_(chunk))).all()
-        ]
+            statements = metadata_of(ids, keys, as_range=True)
+        else:
+            statements = [statement for chunk in _chunks(ids) for statement in metadata_of(chunk, keys)]
+        return [row for statement in statements for row in conn.execute(statement).all()]
 
     def count(self, text: str) -> int:
         return self.count_matching(querylang.parse(text))
@@ -446,19 +427,43 @@ class Catalog:
         """Every metadata key files have had, with the stored types of its values (no table scan)."""
         found: dict[str, set[str]] = {}
         with self.engine.connect() as conn:
-            for key, vtype in conn.execute(sa.select(s.metadata_keys.c.key, s.metadata_keys.c.vtype)):
-                found.setdefault(key, set()).add(vtype)
+            for table in (s.metadata_keys, s.set_metadata_keys):
+                for key, vtype in conn.execute(sa.select(table.c.key, table.c.vtype)):
+                    found.setdefault(key, set()).add(vtype)
         return found
 
     @staticmethod
-    def _note_metadata_keys(conn: Connection, pairs: set[tuple[str, str]]) -> None:
+    def _note_metadata_keys(conn: Connection, table: sa.Table, pairs: set[tuple[str, str]]) -> None:
         if not pairs:
             return
         # Registrations are serialized (serialize_registrations), so read-then-insert cannot race.
-        known = {(row.key, row.vtype) for row in conn.execute(sa.select(s.metadata_keys))}
+        known = {(row.key, row.vtype) for row in conn.execute(sa.select(table))}
         new = sorted(pairs - known)
         if new:
-            conn.execute(sa.insert(s.metadata_keys), [{"key": key, "vtype": vtype} for key, vtype in new])
+            conn.execute(sa.insert(table), [{"key": key, "vtype": vtype} for key, vtype in new])
+
+    @staticmethod
+    def _shared_keys(conn: Connection) -> set[str]:
+        return set(conn.scalars(sa.select(s.shared_metadata_keys.c.key)))
+
+    def _store_sets(self, conn: Connection, typed: _TypedRows) -> dict[frozenset[tuple[Any, ...]], int]:
+        """The set id of each distinct set of a registration: found by digest, or added with its rows."""
+        digests = typed.distinct_sets()
+        if not digests:
+            return {}
+        existing: dict[str, int] = {}
+        for chunk in _chunks(list(set(digests.values()))):
+            statement = sa.select(s.metadata_sets.c.digest, s.metadata_sets.c.id).where(
+                s.metadata_sets.c.digest.in_(chunk)
+            )
+            existing.update((digest, int(set_id)) for digest, set_id in conn.execute(statement))
+        new = [members for members, digest in digests.items() if digest not in existing]
+        new_ids = dict(zip(new, reserve_ids(conn, s.metadata_sets, len(new)), strict=True)) if new else {}
+        insert_bound(conn, s.metadata_sets, ("id", "digest"), [(i, digests[m]) for m, i in new_ids.items()])
+        for columns, rows in typed.set_rows(new_ids):
+            insert_bound(conn, s.set_metadata, columns, rows)
+        self._note_metadata_keys(conn, s.set_metadata_keys, typed.set_keys)
+        return {members: existing.get(digest) or new_ids[members] for members, digest in digests.items()}
 
     def count_matching(self, node: querylang.Node) -> int:
         with self.engine.connect() as conn:
@@ -470,11 +475,12 @@ class Catalog:
     ) -> list[tuple[int, str]]:
         """(id, LFN) of the matching files, sorted in the database (registration order by default)."""
         with self.engine.connect() as conn:
-            source, order = querysql.sorted_files(sort)
+            places = self._key_places(conn)
+            source, order = querysql.sorted_files(sort, places)
             statement = (
                 sa.select(s.files.c.id, s.files.c.lfn)
                 .select_from(source)
-                .where(self._where(conn, node))
+                .where(self._where(conn, node, places=places))
                 .order_by(*order)
                 .limit(limit)
             )
@@ -483,14 +489,20 @@ class Catalog:
     def match_keys(self, node: querylang.Node) -> list[str]:
         """The metadata keys the matching files have, sorted."""
         with self.engine.connect() as conn:
-            ids = sa.select(s.files.c.id).where(self._where(conn, node))
-            statement = sa.select(s.file_metadata.c.key).where(s.file_metadata.c.file_id.in_(ids)).distinct()
-            return sorted(conn.scalars(statement))
+            where = self._where(conn, node)
+            own = sa.select(s.file_metadata.c.key).where(
+                s.file_metadata.c.file_id.in_(sa.select(s.files.c.id).where(where))
+            )
+            shared = sa.select(s.set_metadata.c.key).where(
+                s.set_metadata.c.set_id.in_(sa.select(s.files.c.set_id).where(where))
+            )
+            return sorted(set(conn.scalars(sa.union(own, shared))))
 
     def group_counts(self, node: querylang.Node, keys: Sequence[str]) -> list[Group]:
         """Files and bytes per combination of values of ``keys`` (None: files without the key)."""
         with self.engine.connect() as conn:
-            statement = querysql.grouped_files(keys).where(self._where(conn, node))
+            places = self._key_places(conn)
+            statement = querysql.grouped_files(keys, places).where(self._where(conn, node, places=places))
             return [
                 Group(
                     tuple(
@@ -502,17 +514,37 @@ class Catalog:
                 for row in conn.execute(statement)
             ]
 
-    def _where(self, conn: Connection, node: querylang.Node, after_id: int = 0) -> ColumnElement[bool]:
+    def _where(
+        self,
+        conn: Connection,
+        node: querylang.Node,
+        after_id: int = 0,
+        places: querysql.KeyPlaces | None = None,
+    ) -> ColumnElement[bool]:
         """The query as SQL: datasets resolved, driven from its most selective part (see querysql)."""
         node, frozen = self._resolve_datasets(conn, node, ())
+        places = places or self._key_places(conn)
+        node = querysql.prepare(node, places)
         if after_id and self._estimate(conn, sa.select(s.files.c.id).where(s.files.c.id > after_id)) < CAP:
             # Few files since the cursor (a planner pass): checking each of them is the cheapest plan.
-            return compile_query(node, querysql.Plan(datasets=frozen, after_id=after_id))
-        plan = querysql.plan_query(node, lambda rows: self._estimate(conn, rows), frozen, after_id)
+            return compile_query(node, querysql.Plan(datasets=frozen, after_id=after_id, places=places))
+        plan = querysql.plan_query(node, lambda rows: self._estimate(conn, rows), frozen, after_id, places)
         return compile_query(node, plan)
 
+    def _key_places_now(self) -> querysql.KeyPlaces:
+        with self.engine.connect() as conn:
+            return self._key_places(conn)
+
     @staticmethod
-    def _estimate(conn: Connection, rows: sa.Select[Any]) -> int:
+    def _key_places(conn: Connection) -> querysql.KeyPlaces:
+        """Which keys have values per file, which in metadata sets (two small tables, no scan)."""
+        return querysql.KeyPlaces(
+            frozenset(conn.scalars(sa.select(s.metadata_keys.c.key).distinct())),
+            frozenset(conn.scalars(sa.select(s.set_metadata_keys.c.key).distinct())),
+        )
+
+    @staticmethod
+    def _estimate(conn: Connection, rows: sa.Select[Any] | sa.CompoundSelect) -> int:
         return int(conn.scalar(querysql.capped_count(rows)) or 0)
 
     def _resolve_datasets(
@@ -639,7 +671,8 @@ class Catalog:
         """Files, sub-runs and bytes per run and data level of a night (``night`` as YYYY-MM-DD)."""
         node = querylang.Comparison("night", "=", night)
         with self.engine.connect() as conn:
-            statement = querysql.runs_of_night().where(self._where(conn, node))
+            places = self._key_places(conn)
+            statement = querysql.runs_of_night(places).where(self._where(conn, node, places=places))
             return [
                 RunLevel(
                     run_id=row_value(row.run_vtype, row.run_vint, row.run_vnum, row.run_vstr),
@@ -701,14 +734,20 @@ class Catalog:
     def _files_with_metadata(conn: Connection, ids: Sequence[int]) -> dict[int, CatalogFile]:
         """Files and their metadata in one query per chunk (no replicas: provenance does not need them)."""
         found: dict[int, CatalogFile] = {}
-        m = s.file_metadata
+        own, shared = s.file_metadata, s.set_metadata
         for chunk in _chunks(list(ids)):
-            statement = (
-                sa.select(s.files, m.c.key, m.c.vtype, m.c.vint, m.c.vnum, m.c.vstr)
-                .select_from(s.files.outerjoin(m, m.c.file_id == s.files.c.id))
+            # One statement a level: each file with its own rows (or none), then with its set's rows.
+            with_own = (
+                sa.select(s.files, own.c.key, own.c.vtype, own.c.vint, own.c.vnum, own.c.vstr)
+                .select_from(s.files.outerjoin(own, own.c.file_id == s.files.c.id))
                 .where(s.files.c.id.in_(chunk))
             )
-            for row in conn.execute(statement).all():
+            with_set = (
+                sa.select(s.files, shared.c.key, shared.c.vtype, shared.c.vint, shared.c.vnum, shared.c.vstr)
+                .select_from(s.files.join(shared, shared.c.set_id == s.files.c.set_id))
+                .where(s.files.c.id.in_(chunk))
+            )
+            for row in conn.execute(sa.union_all(with_own, with_set)).all():
                 item = found.get(row.id)
                 if item is None:
                     item = found[row.id] = CatalogFile(
@@ -988,33 +1027,44 @@ class Catalog:
 
     def tasks_with_key(self, production: str, key: str) -> list[tuple[TaskRow, int | None]]:
         """Every task of a production with the integer value of ``key`` its inputs share (e.g. run_id)."""
-        value = (
-            sa.select(sa.func.min(s.file_metadata.c.vint))
-            .join(s.task_inputs, s.task_inputs.c.file_id == s.file_metadata.c.file_id)
-            .where(
-                (s.task_inputs.c.task_id == s.tasks.c.task_id)
-                & (s.task_inputs.c.role == INPUT_ROLE)
-                & (s.file_metadata.c.key == key)
-            )
+        inputs = s.task_inputs
+        of_task = (inputs.c.task_id == s.tasks.c.task_id) & (inputs.c.role == INPUT_ROLE)
+        own = s.file_metadata
+        shared = s.set_metadata
+        own_value = (
+            sa.select(sa.func.min(own.c.vint))
+            .join(inputs, inputs.c.file_id == own.c.file_id)
+            .where(of_task & (own.c.key == key))
             .scalar_subquery()
         )
+        set_value = (
+            sa.select(sa.func.min(shared.c.vint))
+            .select_from(
+                inputs.join(s.files, s.files.c.id == inputs.c.file_id).join(
+                    shared, shared.c.set_id == s.files.c.set_id
+                )
+            )
+            .where(of_task & (shared.c.key == key))
+            .scalar_subquery()
+        )
+        value = sa.func.coalesce(own_value, set_value)  # the inputs share it: in their rows or their set
         statement = sa.select(s.tasks, value.label("key_value")).where(s.tasks.c.production == production)
         with self.engine.connect() as conn:
             return [(_task_row(row), row.key_value) for row in conn.execute(statement)]
 
     def values_by(self, production: str, key: str, by: str) -> dict[int, MetaValue]:
         """The newest value of ``key`` among the production's files, per integer value of ``by`` (a run)."""
-        value = s.file_metadata.alias("value")
-        group = s.file_metadata.alias("grp")
-        owner = s.file_metadata.alias("owner")
-        statement = (
-            sa.select(group.c.vint, value.c.vtype, value.c.vint, value.c.vnum, value.c.vstr)
-            .join(group, (group.c.file_id == value.c.file_id) & (group.c.key == by))
-            .join(owner, (owner.c.file_id == value.c.file_id) & (owner.c.key == "production"))
-            .where((value.c.key == key) & (owner.c.vstr == production))
-            .order_by(value.c.file_id)
-        )
         with self.engine.connect() as conn:
+            places = self._key_places(conn)
+            source, value = querysql.join_value(s.files, key, "value", places)
+            source, group = querysql.join_value(source, by, "grp", places)
+            source, owner = querysql.join_value(source, "production", "owner", places)
+            statement = (
+                sa.select(group.vint, value.vtype, value.vint, value.vnum, value.vstr)
+                .select_from(source)
+                .where(value.vtype.is_not(None), group.vtype.is_not(None), owner.vstr == production)
+                .order_by(s.files.c.id)
+            )
             return {
                 run: row_value(vtype, vint, vnum, vstr)
                 for run, vtype, vint, vnum, vstr in conn.execute(statement)
@@ -1425,7 +1475,34 @@ class Catalog:
             conn.execute(sa.delete(s.leases).where((s.leases.c.name == name) & (s.leases.c.holder == holder)))
 
 
-_FILE_COLUMNS = ("id", "lfn", "size", "checksum", "created_at", "task_id")
+def metadata_of(
+    ids: Sequence[int], keys: Collection[str] | None = None, *, as_range: bool = False
+) -> list[sa.Select[Any]]:
+    """Statements giving (file_id, key, vtype, vint, vnum, vstr) of files ``ids`` (or of every file from
+    the first to the last, ``as_range``): their own metadata rows, then their metadata set's."""
+
+    def files_wanted(column: sa.ColumnElement[Any]) -> ColumnElement[bool]:
+        return column.between(ids[0], ids[-1]) if as_range else column.in_(ids)
+
+    own = s.file_metadata
+    shared = s.set_metadata
+    statements = [
+        sa.select(own.c.file_id, own.c.key, own.c.vtype, own.c.vint, own.c.vnum, own.c.vstr).where(
+            files_wanted(own.c.file_id)
+        ),
+        sa.select(s.files.c.id, shared.c.key, shared.c.vtype, shared.c.vint, shared.c.vnum, shared.c.vstr)
+        .select_from(s.files.join(shared, shared.c.set_id == s.files.c.set_id))
+        .where(files_wanted(s.files.c.id)),
+    ]
+    if keys is not None:
+        wanted = sorted(keys)
+        statements = [
+            statements[0].where(own.c.key.in_(wanted)),
+            statements[1].where(shared.c.key.in_(wanted)),
+        ]
+    return statements
+
+
 _REPLICA_COLUMNS = ("file_id", "store", "pfn", "state", "created_at")
 
 
@@ -1440,25 +1517,34 @@ class _TypedRows:
     columns it leaves NULL: Python 3.11's sqlite3 binds a None through its adapter look-up (failed
     attribute look-ups that each format an AttributeError), which cost more than the rest of the
     row's insert, and every row has two or three of them.
+
+    The ``shared`` keys go to metadata sets instead (``schema.metadata_sets``): each file gets the
+    signature of its shared values, and each distinct signature becomes one set.
     """
 
-    COLUMNS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "int": ("file_id", "key", "vtype", "vint", "vnum"),
-        "float": ("file_id", "key", "vtype", "vnum"),
-        "text": ("file_id", "key", "vtype", "vstr"),
+    VALUE_COLUMNS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "int": ("key", "vtype", "vint", "vnum"),
+        "float": ("key", "vtype", "vnum"),
+        "text": ("key", "vtype", "vstr"),
     }
 
-    def __init__(self) -> None:
-        # signature -> (append to the rows of its kind, the row without its file id)
-        self.typed: dict[tuple[Any, ...], tuple[Callable[[tuple[Any, ...]], None], tuple[Any, ...]]] = {}
-        self.keys: set[tuple[str, str]] = set()  # (key, vtype) of every row made
-        self.rows: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in self.COLUMNS}
+    def __init__(self, shared: Collection[str] = ()) -> None:
+        # signature -> (kind, the row without its file or set id)
+        self.typed: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
+        self.keys: set[tuple[str, str]] = set()  # (key, vtype) of every file row made
+        self.set_keys: set[tuple[str, str]] = set()  # (key, vtype) of every shared value
+        self.rows: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in self.VALUE_COLUMNS}
+        self.shared = frozenset(shared)
+        self.sets: list[frozenset[tuple[Any, ...]] | None] = []  # per file, the signature of its set
 
     def add(self, ids: Sequence[int], new_files: Sequence[NewFile]) -> None:
         typed = self.typed
         known = typed.get
+        shared = self.shared
+        appends = {kind: rows.append for kind, rows in self.rows.items()}
         for file_id, new_file in zip(ids, new_files, strict=True):
             head = (file_id,)
+            in_set = []
             for item in new_file.metadata.items():
                 value = item[1]
                 kind = type(value)
@@ -1474,20 +1560,46 @@ class _TypedRows:
                     found = self._typed(*item)
                 if found is None:
                     found = typed[signature] = self._typed(*item)
-                append, values = found
-                append(head + values)
+                if item[0] in shared:
+                    in_set.append(signature)
+                else:
+                    appends[found[0]](head + found[1])
+            self.sets.append(frozenset(in_set) if in_set else None)
 
-    def tables(self) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
-        """(columns, rows) of each kind of row, in the order of the ids within each."""
-        return [(self.COLUMNS[kind], rows) for kind, rows in self.rows.items() if rows]
+    def tables(self, head: str = "file_id") -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+        """(columns, rows) of each kind of file row, in the order of the ids within each."""
+        return [((head, *self.VALUE_COLUMNS[kind]), rows) for kind, rows in self.rows.items() if rows]
 
-    def _typed(self, key: str, value: object) -> tuple[Callable[[tuple[Any, ...]], None], tuple[Any, ...]]:
+    def distinct_sets(self) -> dict[frozenset[tuple[Any, ...]], str]:
+        """Each distinct set of the registration, with its digest (what identifies it in the catalog)."""
+        found: dict[frozenset[tuple[Any, ...]], str] = {}
+        for members in self.sets:
+            if members is not None and members not in found:
+                found[members] = _set_digest(self.typed[member][1] for member in members)
+        return found
+
+    def set_rows(
+        self, set_ids: Mapping[frozenset[tuple[Any, ...]], int]
+    ) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+        """(columns, rows) of each kind of set_metadata row for the sets given (the new ones)."""
+        rows: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in self.VALUE_COLUMNS}
+        for members, set_id in set_ids.items():
+            for member in members:
+                kind, values = self.typed[member]
+                rows[kind].append((set_id, *values))
+        return [(("set_id", *self.VALUE_COLUMNS[kind]), found) for kind, found in rows.items() if found]
+
+    def _typed(self, key: str, value: object) -> tuple[str, tuple[Any, ...]]:
         row = metadata_row(0, key, value)
         vtype = row["vtype"]
-        self.keys.add((key, vtype))
+        (self.set_keys if key in self.shared else self.keys).add((key, vtype))
         kind = vtype if vtype in ("int", "float") else "text"
-        values = tuple(row[column] for column in self.COLUMNS[kind][1:])
-        return self.rows[kind].append, values
+        return kind, tuple(row[column] for column in self.VALUE_COLUMNS[kind])
+
+
+def _set_digest(rows: Iterable[tuple[Any, ...]]) -> str:
+    """sha256 of a set's typed rows in key order: equal sets, equal digests (floats by their exact repr)."""
+    return hashlib.sha256(repr(sorted(rows)).encode()).hexdigest()
 
 
 _PLAIN = frozenset([str, int, date])

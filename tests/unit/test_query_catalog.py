@@ -296,3 +296,95 @@ def test_upgrade_from_the_first_schema_keeps_files_and_learns_their_keys(catalog
                 assert "WITHOUT ROWID" in ddl
     finally:
         catalog.close()
+
+
+# ------------------------------------------------------------------------------ metadata sets
+
+
+def set_rows(catalog: Catalog) -> tuple[int, int, dict[str, int | None]]:
+    """Metadata sets, their rows, and each file's set id by LFN."""
+    with catalog.engine.connect() as conn:
+        sets = conn.scalar(sa.select(sa.func.count()).select_from(schema.metadata_sets))
+        rows = conn.scalar(sa.select(sa.func.count()).select_from(schema.set_metadata))
+        files = dict(conn.execute(sa.select(schema.files.c.lfn, schema.files.c.set_id)).all())
+    return int(sets or 0), int(rows or 0), files
+
+
+def test_shared_keys_are_stored_once_per_combination(catalog: Catalog, night: list[NewFile]) -> None:
+    sets, rows, files = set_rows(catalog)
+    # Run 1807 at R0 and at DL1, 1808, 1901: four combinations of the shared keys, stored once each.
+    assert sets == 4
+    one_per_set = {files[f.lfn]: f for f in night}.values()
+    assert rows == sum(len(f.metadata) - 2 for f in one_per_set)  # all but subrun_id and start
+    with catalog.engine.connect() as conn:
+        own_keys = set(conn.scalars(sa.select(schema.file_metadata.c.key).distinct()))
+    assert own_keys == {"subrun_id", "start"}  # the per-file keys of these files
+    # A later registration with the same shared values joins the existing set; no shared key, no set.
+    catalog.register_files([lst_subrun(1807, 9), make_file("/bare", subrun_id=1)])
+    sets_after, _, files_after = set_rows(catalog)
+    assert sets_after == 4
+    assert files_after[lst_subrun(1807, 9).lfn] == files[night[0].lfn]
+    assert files_after["/bare"] is None
+    # Everything reads both places: the file's metadata, queries, sorting, grouping, keys.
+    assert catalog.file(night[0].lfn).metadata == night[0].metadata  # type: ignore[union-attr]
+    assert catalog.count("run_id = 1807 and data_level = R0") == 4
+    assert catalog.count("not run_id = 1807") == 4  # 1808 (2), 1901 and the bare file
+    assert catalog.match_keys(parse("exists subrun_id")) == sorted({*night[0].metadata})
+    assert [g.values for g in catalog.group_counts(parse("exists run_id"), ["data_level"])] == [
+        ("DL1",),
+        ("R0",),
+    ]
+
+
+def test_equal_values_of_different_types_make_different_sets(catalog: Catalog) -> None:
+    catalog.register_files([make_file("/int", run_id=1), make_file("/float", run_id=1.0)])
+    sets, _, files = set_rows(catalog)
+    assert sets == 2 and files["/int"] != files["/float"]
+    assert catalog.file("/float").metadata == {"run_id": 1.0}  # type: ignore[union-attr]
+    assert type(catalog.file("/int").metadata["run_id"]) is int  # type: ignore[union-attr]
+
+
+def test_a_key_in_both_places_is_found_in_both(catalog_url: str) -> None:
+    """A catalog from before migration 0007 keeps its files' keys per file; new files use sets."""
+    engine = create_engine(catalog_url)
+    with engine.begin() as conn:
+        command.upgrade(migrate._config(conn), "0006")
+    engine.dispose()
+    old = Catalog.open(catalog_url)
+    try:
+        with old.engine.begin() as conn:
+            conn.execute(sa.delete(schema.shared_metadata_keys))  # as registered before 0007
+        old.register_files([lst_subrun(1807, s) for s in range(2)])
+        with old.engine.begin() as conn:
+            conn.execute(sa.insert(schema.shared_metadata_keys), [{"key": "run_id"}, {"key": "night"}])
+        old.register_files([lst_subrun(1808, s) for s in range(2)])
+        placed = old._key_places_now()
+        assert "run_id" in placed.in_files and "run_id" in placed.in_sets
+        assert old.count("run_id in 1807..1808") == 4
+        assert old.count("run_id = 1808 and night = 2024-01-15") == 2
+        assert old.count("not run_id = 1807") == 2
+        assert lfns(old, "exists run_id", [SortKey("run_id", descending=True)])[:2] == [
+            lst_subrun(1808, 0).lfn,
+            lst_subrun(1808, 1).lfn,
+        ]
+        assert [g.values for g in old.group_counts(parse("exists run_id"), ["run_id"])] == [(1807,), (1808,)]
+        assert [r.run_id for r in old.run_summary("2024-01-15")] == [1807, 1808]
+    finally:
+        old.close()
+
+
+def test_downgrade_from_0007_keeps_the_shared_keys(catalog_url: str) -> None:
+    catalog = Catalog.open(catalog_url)
+    files = [lst_subrun(1807, s) for s in range(2)]
+    catalog.register_files(files)
+    catalog.close()
+    engine = create_engine(catalog_url)
+    with engine.begin() as conn:
+        command.downgrade(migrate._config(conn), "0006")
+    engine.dispose()
+    reopened = Catalog.open(catalog_url)  # back to head: the keys are per file now, and found
+    try:
+        assert reopened.file(files[1].lfn).metadata == files[1].metadata  # type: ignore[union-attr]
+        assert reopened.count("run_id = 1807 and data_level = R0") == 2
+    finally:
+        reopened.close()

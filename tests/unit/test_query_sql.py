@@ -16,12 +16,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from osa_grid.catalog import schema
 from osa_grid.catalog.querysql import (
+    KeyPlaces,
     Plan,
     capped_count,
     compile_query,
     drivable,
     like_pattern,
     plan_query,
+    prepare,
     sqlite_glob_pattern,
 )
 from osa_grid.core.metadata import MetaValue, sortable_text, value_type
@@ -76,8 +78,26 @@ def selected(conn: sa.Connection, node: Node, plan: Plan | None = None) -> set[i
     return set(conn.execute(statement).scalars())
 
 
+def plans(conn: sa.Connection, node: Node, ids: Sequence[int], places: KeyPlaces | None = None) -> list[Plan]:
+    """Every way the catalog may run the query: checking only, planned, all driving, after a cursor."""
+    middle = sorted(ids)[len(ids) // 2] if ids else 0
+    everything = frozenset(id(n) for n in nodes_of(node))
+    places = places or KeyPlaces()
+
+    def estimate(rows: sa.Select[object]) -> int:
+        return int(conn.scalar(capped_count(rows)) or 0)
+
+    return [
+        Plan(places=places),
+        plan_query(node, estimate, places=places),
+        Plan(drivers=everything, places=places),
+        plan_query(node, estimate, after_id=middle, places=places),
+        Plan(drivers=everything, after_id=middle, places=places),
+    ]
+
+
 def nodes_of(node: Node) -> list[Node]:
-    """Every node of the tree, the root first."""
+    """Every node of the tree, the root first (an OnSets group counts as one)."""
     found = [node]
     if isinstance(node, Not):
         found += nodes_of(node.item)
@@ -87,33 +107,64 @@ def nodes_of(node: Node) -> list[Node]:
     return found
 
 
-def plans(conn: sa.Connection, node: Node, ids: Sequence[int]) -> list[Plan]:
-    """Every way the catalog may run the query: checking only, planned, all driving, after a cursor."""
-    middle = sorted(ids)[len(ids) // 2] if ids else 0
-    everything = frozenset(id(n) for n in nodes_of(node))
+# How the keys of a test catalog are stored: every key per file (as before metadata sets), "a" in
+# metadata sets, or "a" in sets for every other file and per file for the rest (a catalog migrated to
+# 0007 with files from before it).
+PLACEMENTS = {
+    "per file": (frozenset(), False),
+    "a in sets": (frozenset({"a"}), False),
+    "mixed": (frozenset({"a"}), True),
+}
 
-    def estimate(rows: sa.Select[object]) -> int:
-        return int(conn.scalar(capped_count(rows)) or 0)
 
-    return [
-        Plan(),
-        plan_query(node, estimate),
-        Plan(drivers=everything),
-        plan_query(node, estimate, after_id=middle),
-        Plan(drivers=everything, after_id=middle),
-    ]
+def insert_files(
+    conn: sa.Connection, catalog: Sequence[Mapping[str, MetaValue]], shared: frozenset[str], mixed: bool
+) -> tuple[dict[int, Mapping[str, MetaValue]], KeyPlaces]:
+    """The files, with their ``shared`` keys in metadata sets (one per distinct combination)."""
+    ids: dict[int, Mapping[str, MetaValue]] = {}
+    sets: dict[tuple[tuple[str, str], ...], int] = {}
+    in_files: set[str] = set()
+    in_sets: set[str] = set()
+    for i, md in enumerate(catalog):
+        to_set = {k: v for k, v in md.items() if k in shared and not (mixed and i % 2)}
+        own = {k: v for k, v in md.items() if k not in to_set}
+        file_id = insert_file(conn, f"file{i}", own)
+        in_files |= set(own)
+        ids[file_id] = md
+        if not to_set:
+            continue
+        rows = [metadata_row(0, k, v) for k, v in sorted(to_set.items())]
+        signature = tuple((str(row), "") for row in rows)
+        if signature not in sets:
+            set_id = conn.execute(
+                sa.insert(schema.metadata_sets).values(digest=f"{len(sets):064d}")
+            ).inserted_primary_key[0]
+            for row in rows:
+                row.pop("file_id")
+            conn.execute(sa.insert(schema.set_metadata), [{"set_id": set_id, **row} for row in rows])
+            sets[signature] = int(set_id)
+        conn.execute(
+            sa.update(schema.files).where(schema.files.c.id == file_id).values(set_id=sets[signature])
+        )
+        in_sets |= set(to_set)
+    return ids, KeyPlaces(frozenset(in_files), frozenset(in_sets))
 
 
 def check_equivalence(
-    engine: sa.Engine, catalog: Sequence[Mapping[str, MetaValue]], nodes: Sequence[Node]
+    engine: sa.Engine,
+    catalog: Sequence[Mapping[str, MetaValue]],
+    nodes: Sequence[Node],
+    shared: frozenset[str] = frozenset(),
+    mixed: bool = False,
 ) -> None:
     """Insert the files, compare SQL (under every plan) and Python, leave the database as it was."""
     with engine.connect() as conn, conn.begin() as transaction:
-        ids = {insert_file(conn, f"file{i}", md): md for i, md in enumerate(catalog)}
-        for node in nodes:
-            for plan in plans(conn, node, list(ids)):
-                expected = {i for i, md in ids.items() if i > plan.after_id and evaluate(node, md)}
-                assert selected(conn, node, plan) == expected, (node, plan)
+        ids, places = insert_files(conn, catalog, shared, mixed)
+        for query in nodes:
+            node = prepare(query, places)
+            for plan in plans(conn, node, list(ids), places):
+                expected = {i for i, md in ids.items() if i > plan.after_id and evaluate(query, md)}
+                assert selected(conn, node, plan) == expected, (query, plan)
         transaction.rollback()
 
 
@@ -430,6 +481,19 @@ def test_random_queries_match_python_on_sqlite(
     check_equivalence(sqlite_engine, *case)
 
 
+@pytest.mark.parametrize("placement", ["a in sets", "mixed"])
+def test_examples_match_python_with_metadata_sets_on_sqlite(sqlite_engine: sa.Engine, placement: str) -> None:
+    check_equivalence(sqlite_engine, CATALOG, [parse(text) for text in QUERIES], *PLACEMENTS[placement])
+
+
+@settings(max_examples=150, deadline=None)
+@given(catalogs_and_queries(), st.sampled_from(sorted(PLACEMENTS)))
+def test_random_queries_match_python_with_metadata_sets_on_sqlite(
+    sqlite_engine: sa.Engine, case: tuple[list[dict[str, MetaValue]], list[Node]], placement: str
+) -> None:
+    check_equivalence(sqlite_engine, *case, *PLACEMENTS[placement])
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("text", QUERIES)
 def test_examples_match_python_on_postgresql(pg_engine: sa.Engine, text: str) -> None:
@@ -443,6 +507,15 @@ def test_random_queries_match_python_on_postgresql(
     pg_engine: sa.Engine, case: tuple[list[dict[str, MetaValue]], list[Node]]
 ) -> None:
     check_equivalence(pg_engine, *case)
+
+
+@pytest.mark.integration
+@settings(max_examples=100, deadline=None)
+@given(catalogs_and_queries(), st.sampled_from(sorted(PLACEMENTS)))
+def test_random_queries_match_python_with_metadata_sets_on_postgresql(
+    pg_engine: sa.Engine, case: tuple[list[dict[str, MetaValue]], list[Node]], placement: str
+) -> None:
+    check_equivalence(pg_engine, *case, *PLACEMENTS[placement])
 
 
 # ---------------------------------------------------------------------------------- planning

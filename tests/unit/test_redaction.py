@@ -29,8 +29,8 @@ def test_a_secret_named_variable_is_never_recorded(secret: str, name: str) -> No
 def test_the_password_of_a_url_is_hidden_wherever_it_appears(secret: str, scheme: str) -> None:
     url = f"{scheme}://user:{secret}@host.example.org:99/path?q=1"
     for text in (url, f"cannot reach {url}: refused", f"NOTIFY={url}"):
-        hidden = redact_text(text)
-        assert secret not in hidden and "user:***@host.example.org" in hidden
+        # Exactly the password goes (a secret may also be a piece of the rest, e.g. "postgr").
+        assert redact_text(text) == text.replace(f"user:{secret}@", "user:***@")
 
 
 @given(SECRET)
