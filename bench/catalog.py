@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from catalog_history import PRODUCTION, Run, dl3_file, lfn, runs, subrun_files  # noqa: E402
+from catalog_history import PRODUCTION, Run, dl3_file, files_per_run, lfn, runs, subrun_files  # noqa: E402
 
 from osa_grid.catalog import schema as s  # noqa: E402
 from osa_grid.catalog.store import Catalog, bulk_insert  # noqa: E402
@@ -376,12 +376,31 @@ class Result:
     timings: dict[str, Timing]
 
 
-def bench(kind: str, size: int, repeat: int, keep: Path | None, statistics_first: bool) -> Result:
-    console.print(f"[bold]{kind}, {size:,} files[/bold]: filling ...", highlight=False)
-    with database(kind, size, keep) as url:
+def replay(size: int) -> Fill:
+    """The history ``fill`` registers, without registering it (for queries on a kept catalog)."""
+    stats = Fill()
+    for run in runs(size):
+        stats.runs.append(run)
+        stats.files += files_per_run(run)
+        stats.dl3[run.run_id] = lfn(run, "DL3")
+    return stats
+
+
+@contextmanager
+def reused(url: str) -> Iterator[str]:
+    yield url
+
+
+def bench(
+    kind: str, size: int, repeat: int, keep: Path | None, statistics_first: bool, reuse: str | None = None
+) -> Result:
+    console.print(
+        f"[bold]{kind}, {size:,} files[/bold]: {'reusing' if reuse else 'filling'} ...", highlight=False
+    )
+    with reused(reuse) if reuse else database(kind, size, keep) as url:
         catalog = Catalog.open(url)
         try:
-            history = fill(catalog, size)
+            history = replay(size) if reuse else fill(catalog, size)
             rate = f"register_files: {history.rate:,.0f} files/s"
             console.print(f"  {history.files:,} files in {history.total:.0f} s; {rate}", highlight=False)
             if statistics_first:
@@ -443,6 +462,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=20, help="timed runs of each query")
     parser.add_argument("--quick", action="store_true", help="20k files, 5 repetitions: a smoke run")
     parser.add_argument("--keep", type=Path, help="keep the SQLite files here (and PostgreSQL databases)")
+    parser.add_argument(
+        "--reuse",
+        metavar="URL",
+        help="query this catalog, kept from a fill of the one --sizes, without filling",
+    )
     parser.add_argument("--no-analyze", action="store_true", help="query without fresh planner statistics")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--rucio", metavar="URL", help="compare with a Rucio server (the Rucio issue's hook)")
@@ -453,7 +477,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         rucio_hook(args.rucio, sizes, repeat)
         return
     kinds = [k.strip() for k in args.databases.split(",")]
-    results = [bench(kind, size, repeat, args.keep, not args.no_analyze) for kind in kinds for size in sizes]
+    if args.reuse and (len(sizes) != 1 or len(kinds) != 1):
+        parser.error("--reuse takes one size and one database: the ones the kept catalog was filled with")
+    results = [
+        bench(kind, size, repeat, args.keep, not args.no_analyze, args.reuse)
+        for kind in kinds
+        for size in sizes
+    ]
     show(results)
     if args.json:
         figures = [

@@ -320,7 +320,7 @@ class Catalog:
         found: list[CatalogFile] = []
         for chunk in _chunks(list(ids)):
             rows = conn.execute(sa.select(s.files).where(s.files.c.id.in_(chunk))).all()
-            metadata = collect(row for statement in metadata_of(chunk) for row in conn.execute(statement))
+            metadata = collect(metadata_rows(conn, chunk, set_of={row.id: row.set_id for row in rows}))
             replicas: dict[int, list[Replica]] = {}
             lfn_of = {row.id: row.lfn for row in rows}
             for rep in conn.execute(sa.select(s.replicas).where(s.replicas.c.file_id.in_(chunk))):
@@ -410,10 +410,8 @@ class Catalog:
         dense, else IN lists."""
         # Fetched whole: row by row, the driver's fetch costs more than SQLite's scan.
         if (ids[-1] - ids[0] + 1) <= DENSE_RANGE_FACTOR * len(ids):
-            statements = metadata_of(ids, keys, as_range=True)
-        else:
-            statements = [statement for chunk in _chunks(ids) for statement in metadata_of(chunk, keys)]
-        return [row for statement in statements for row in conn.execute(statement).all()]
+            return metadata_rows(conn, ids, keys, as_range=True)
+        return [row for chunk in _chunks(ids) for row in metadata_rows(conn, chunk, keys)]
 
     def count(self, text: str) -> int:
         return self.count_matching(querylang.parse(text))
@@ -735,26 +733,40 @@ class Catalog:
         """Files and their metadata in one query per chunk (no replicas: provenance does not need them)."""
         found: dict[int, CatalogFile] = {}
         own, shared = s.file_metadata, s.set_metadata
+        values = ("key", "vtype", "vint", "vnum", "vstr")
         for chunk in _chunks(list(ids)):
-            # One statement a level: each file with its own rows (or none), then with its set's rows.
+            # One statement a level: each file with its own rows (or none), then the rows of their sets,
+            # each set once (the file columns NULL).
             with_own = (
-                sa.select(s.files, own.c.key, own.c.vtype, own.c.vint, own.c.vnum, own.c.vstr)
+                sa.select(
+                    *(s.files.c[name] for name in _WALKED_FILE_COLUMNS), *(own.c[name] for name in values)
+                )
                 .select_from(s.files.outerjoin(own, own.c.file_id == s.files.c.id))
                 .where(s.files.c.id.in_(chunk))
             )
-            with_set = (
-                sa.select(s.files, shared.c.key, shared.c.vtype, shared.c.vint, shared.c.vnum, shared.c.vstr)
-                .select_from(s.files.join(shared, shared.c.set_id == s.files.c.set_id))
-                .where(s.files.c.id.in_(chunk))
+            blanks = [sa.null().label(name) for name in _WALKED_FILE_COLUMNS[:-1]]
+            of_sets = sa.select(*blanks, shared.c.set_id, *(shared.c[name] for name in values)).where(
+                shared.c.set_id.in_(sa.select(s.files.c.set_id).where(s.files.c.id.in_(chunk)))
             )
-            for row in conn.execute(sa.union_all(with_own, with_set)).all():
-                item = found.get(row.id)
+            set_values: dict[int, dict[str, MetaValue]] = {}
+            set_of: dict[int, int] = {}
+            rows: Sequence[Any] = conn.execute(sa.union_all(with_own, of_sets)).all()
+            for row in rows:
+                file_id, lfn, size, checksum, created_at, task_id, set_id, key, vtype, vint, vnum, vstr = row
+                if file_id is None:
+                    set_values.setdefault(set_id, {})[key] = row_value(vtype, vint, vnum, vstr)
+                    continue
+                item = found.get(file_id)
                 if item is None:
-                    item = found[row.id] = CatalogFile(
-                        row.id, row.lfn, row.size, row.checksum, row.created_at, row.task_id, {}, ()
+                    item = found[file_id] = CatalogFile(
+                        file_id, lfn, size, checksum, created_at, task_id, {}, ()
                     )
-                if row.key is not None:
-                    item.metadata[row.key] = row_value(row.vtype, row.vint, row.vnum, row.vstr)
+                    if set_id is not None:
+                        set_of[file_id] = set_id
+                if key is not None:
+                    item.metadata[key] = row_value(vtype, vint, vnum, vstr)
+            for file_id, set_id in set_of.items():
+                found[file_id].metadata.update(set_values.get(set_id, {}))
         return found
 
     def file_ids(self, lfns: Sequence[str]) -> dict[str, int]:
@@ -1475,35 +1487,54 @@ class Catalog:
             conn.execute(sa.delete(s.leases).where((s.leases.c.name == name) & (s.leases.c.holder == holder)))
 
 
-def metadata_of(
-    ids: Sequence[int], keys: Collection[str] | None = None, *, as_range: bool = False
-) -> list[sa.Select[Any]]:
-    """Statements giving (file_id, key, vtype, vint, vnum, vstr) of files ``ids`` (or of every file from
-    the first to the last, ``as_range``): their own metadata rows, then their metadata set's."""
+def metadata_rows(
+    conn: Connection,
+    ids: Sequence[int],
+    keys: Collection[str] | None = None,
+    *,
+    as_range: bool = False,
+    set_of: Mapping[int, int | None] | None = None,
+) -> list[tuple[Any, ...]]:
+    """(file_id, key, vtype, vint, vnum, vstr) of files ``ids`` (or of every file from the first to the
+    last, ``as_range``): their own rows, then their set's, each set read once however many files share
+    it (``set_of``: each file's set id, when the caller has read it already)."""
 
     def files_wanted(column: sa.ColumnElement[Any]) -> ColumnElement[bool]:
         return column.between(ids[0], ids[-1]) if as_range else column.in_(ids)
 
-    own = s.file_metadata
-    shared = s.set_metadata
-    statements = [
-        sa.select(own.c.file_id, own.c.key, own.c.vtype, own.c.vint, own.c.vnum, own.c.vstr).where(
-            files_wanted(own.c.file_id)
-        ),
-        sa.select(s.files.c.id, shared.c.key, shared.c.vtype, shared.c.vint, shared.c.vnum, shared.c.vstr)
-        .select_from(s.files.join(shared, shared.c.set_id == s.files.c.set_id))
-        .where(files_wanted(s.files.c.id)),
-    ]
+    own, shared = s.file_metadata, s.set_metadata
+    statement = sa.select(own.c.file_id, own.c.key, own.c.vtype, own.c.vint, own.c.vnum, own.c.vstr)
+    statement = statement.where(files_wanted(own.c.file_id))
     if keys is not None:
-        wanted = sorted(keys)
-        statements = [
-            statements[0].where(own.c.key.in_(wanted)),
-            statements[1].where(shared.c.key.in_(wanted)),
-        ]
-    return statements
+        statement = statement.where(own.c.key.in_(sorted(keys)))
+    found: list[tuple[Any, ...]] = [tuple(row) for row in conn.execute(statement).all()]
+    if set_of is None:
+        members = sa.select(s.files.c.id, s.files.c.set_id).where(
+            files_wanted(s.files.c.id), s.files.c.set_id.is_not(None)
+        )
+        set_of = dict(conn.execute(members).all())
+    rows_of_set: dict[int, list[tuple[Any, ...]]] = {}
+    for chunk in _chunks(sorted({set_id for set_id in set_of.values() if set_id is not None})):
+        statement = sa.select(
+            shared.c.set_id, shared.c.key, shared.c.vtype, shared.c.vint, shared.c.vnum, shared.c.vstr
+        )
+        statement = statement.where(shared.c.set_id.in_(chunk))
+        if keys is not None:
+            statement = statement.where(shared.c.key.in_(sorted(keys)))
+        for set_id, *values in conn.execute(statement).all():
+            rows_of_set.setdefault(set_id, []).append(tuple(values))
+    found += [
+        (file_id, *values)
+        for file_id, set_id in set_of.items()
+        if set_id is not None
+        for values in rows_of_set.get(set_id, ())
+    ]
+    return found
 
 
 _REPLICA_COLUMNS = ("file_id", "store", "pfn", "state", "created_at")
+# The files columns of a provenance walk's rows, set_id last (the one the rows of sets fill too).
+_WALKED_FILE_COLUMNS = ("id", "lfn", "size", "checksum", "created_at", "task_id", "set_id")
 
 
 class _TypedRows:
