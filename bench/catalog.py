@@ -426,11 +426,15 @@ def show(results: Sequence[Result]) -> None:
         marker = "" if query.target else " *"
         table.add_row(f"{query.name}{marker}\n[dim]{query.description}[/dim]", *cells)
     rates = [
-        f"{r.rate:,.0f}" if r.rate >= TARGET_FILES_PER_SECOND else f"[red]{r.rate:,.0f}[/red]"
+        "- (reused)"
+        if not r.rate
+        else f"{r.rate:,.0f}"
+        if r.rate >= TARGET_FILES_PER_SECOND
+        else f"[red]{r.rate:,.0f}[/red]"
         for r in results
     ]
     table.add_row("register_files (files/s)", *rates)
-    table.add_row("fill, all included (s)", *(f"{r.fill_seconds:.0f}" for r in results))
+    table.add_row("fill, all included (s)", *(f"{r.fill_seconds:.0f}" if r.rate else "-" for r in results))
     console.print(table)
     console.print(
         f"red: above the targets (p95 {TARGET_P95_MS:.0f} ms; {TARGET_FILES_PER_SECOND:,} files/s); "
