@@ -58,47 +58,52 @@ files = sa.Table(
 # (night in 2024-01-01..2024-03-31) and prefix globs (source ~ Mrk*) can then use the index.
 MetadataText = sa.String(1024).with_variant(sa.String(1024, collation="C"), "postgresql")
 
-# One row per (file, key). Values are typed: ints in vint (and vnum), floats in vnum,
-# strings, dates and datetimes (ISO text, which sorts like the value) in vstr.
-# The two partial indexes end with file_id, so a condition's matching files come from the index alone
-# (on SQLite, a WITHOUT ROWID table appends its primary key to every index anyway); int conditions
-# narrow on vnum first (osa_grid.catalog.querysql), so vint needs no index of its own.
-file_metadata = sa.Table(
-    "file_metadata",
-    metadata,
-    sa.Column("file_id", BigId, sa.ForeignKey("files.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("key", sa.String(128), primary_key=True),
-    sa.Column("vtype", sa.String(8), nullable=False),
-    sa.Column("vint", sa.BigInteger, nullable=True),
-    sa.Column("vnum", sa.Double, nullable=True),
-    sa.Column("vstr", MetadataText, nullable=True),
-    sa.Index(
-        "ix_file_metadata_key_vnum",
-        "key",
-        "vnum",
-        "file_id",
-        sqlite_where=sa.text("vnum IS NOT NULL"),
-        postgresql_where=sa.text("vnum IS NOT NULL"),
-    ),
-    sa.Index(
-        "ix_file_metadata_key_vstr",
-        "key",
-        "vstr",
-        "file_id",
-        sqlite_where=sa.text("vstr IS NOT NULL"),
-        postgresql_where=sa.text("vstr IS NOT NULL"),
-    ),
-    sqlite_with_rowid=False,
-)
 
-# Every (key, stored type) pair any file has had in file_metadata: what a query may ask for, known
-# without a scan.
-metadata_keys = sa.Table(
-    "metadata_keys",
-    metadata,
-    sa.Column("key", sa.String(128), primary_key=True),
-    sa.Column("vtype", sa.String(8), primary_key=True),
-)
+def _typed_values(name: str, owner: str, owner_table: str) -> sa.Table:
+    """One row per (owner, key). Values are typed: ints in vint (and vnum), floats in vnum, strings,
+    dates and datetimes (ISO text, which sorts like the value) in vstr.
+
+    The two partial indexes end with the owner's id, so a condition's matching owners come from the
+    index alone (on SQLite, a WITHOUT ROWID table appends its primary key to every index anyway); int
+    conditions narrow on vnum first (osa_grid.catalog.querysql), so vint needs no index of its own.
+    """
+    indexes = [
+        sa.Index(
+            f"ix_{name}_key_{column}",
+            "key",
+            column,
+            owner,
+            sqlite_where=sa.text(f"{column} IS NOT NULL"),
+            postgresql_where=sa.text(f"{column} IS NOT NULL"),
+        )
+        for column in ("vnum", "vstr")
+    ]
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(owner, BigId, sa.ForeignKey(f"{owner_table}.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("key", sa.String(128), primary_key=True),
+        sa.Column("vtype", sa.String(8), nullable=False),
+        sa.Column("vint", sa.BigInteger, nullable=True),
+        sa.Column("vnum", sa.Double, nullable=True),
+        sa.Column("vstr", MetadataText, nullable=True),
+        *indexes,
+        sqlite_with_rowid=False,
+    )
+
+
+def _key_types(name: str) -> sa.Table:
+    """Every (key, stored type) pair a values table has had: what a query may ask for, without a scan."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("key", sa.String(128), primary_key=True),
+        sa.Column("vtype", sa.String(8), primary_key=True),
+    )
+
+
+file_metadata = _typed_values("file_metadata", "file_id", "files")
+metadata_keys = _key_types("metadata_keys")
 
 # Keys shared by many files (a run's night, source, pointing...) are stored once per distinct
 # combination of their values, a metadata set, which its files point at (files.set_id): a range over
@@ -120,41 +125,8 @@ metadata_sets = sa.Table(
     sa.Column("digest", sa.String(64), nullable=False, unique=True),
 )
 
-set_metadata = sa.Table(
-    "set_metadata",
-    metadata,
-    sa.Column("set_id", BigId, sa.ForeignKey("metadata_sets.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("key", sa.String(128), primary_key=True),
-    sa.Column("vtype", sa.String(8), nullable=False),
-    sa.Column("vint", sa.BigInteger, nullable=True),
-    sa.Column("vnum", sa.Double, nullable=True),
-    sa.Column("vstr", MetadataText, nullable=True),
-    sa.Index(
-        "ix_set_metadata_key_vnum",
-        "key",
-        "vnum",
-        "set_id",
-        sqlite_where=sa.text("vnum IS NOT NULL"),
-        postgresql_where=sa.text("vnum IS NOT NULL"),
-    ),
-    sa.Index(
-        "ix_set_metadata_key_vstr",
-        "key",
-        "vstr",
-        "set_id",
-        sqlite_where=sa.text("vstr IS NOT NULL"),
-        postgresql_where=sa.text("vstr IS NOT NULL"),
-    ),
-    sqlite_with_rowid=False,
-)
-
-# Every (key, stored type) pair any metadata set has had.
-set_metadata_keys = sa.Table(
-    "set_metadata_keys",
-    metadata,
-    sa.Column("key", sa.String(128), primary_key=True),
-    sa.Column("vtype", sa.String(8), primary_key=True),
-)
+set_metadata = _typed_values("set_metadata", "set_id", "metadata_sets")
+set_metadata_keys = _key_types("set_metadata_keys")
 
 replicas = sa.Table(
     "replicas",
