@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -386,18 +386,13 @@ def replay(size: int) -> Fill:
     return stats
 
 
-@contextmanager
-def reused(url: str) -> Iterator[str]:
-    yield url
-
-
 def bench(
     kind: str, size: int, repeat: int, keep: Path | None, statistics_first: bool, reuse: str | None = None
 ) -> Result:
     console.print(
         f"[bold]{kind}, {size:,} files[/bold]: {'reusing' if reuse else 'filling'} ...", highlight=False
     )
-    with reused(reuse) if reuse else database(kind, size, keep) as url:
+    with nullcontext(reuse) if reuse else database(kind, size, keep) as url:
         catalog = Catalog.open(url)
         try:
             history = replay(size) if reuse else fill(catalog, size)

@@ -271,7 +271,10 @@ class Catalog:
             rows = [(*row, owner) for row, owner in zip(rows, made_by, strict=True)]
         if set_ids:
             columns.append("set_id")
-            rows = [(*row, set_ids.get(members)) for row, members in zip(rows, typed.sets, strict=True)]  # type: ignore[arg-type]
+            rows = [
+                (*row, None if members is None else set_ids[members])
+                for row, members in zip(rows, typed.sets, strict=True)
+            ]
         self._insert_file_rows(conn, columns, rows)
         for value_columns, metadata in typed.tables():
             insert_bound(conn, s.file_metadata, value_columns, metadata)
@@ -445,23 +448,29 @@ class Catalog:
         return set(conn.scalars(sa.select(s.shared_metadata_keys.c.key)))
 
     def _store_sets(self, conn: Connection, typed: _TypedRows) -> dict[frozenset[tuple[Any, ...]], int]:
-        """The set id of each distinct set of a registration: found by digest, or added with its rows."""
+        """The set id of each distinct set of a registration: found by digest, or added with its rows.
+
+        Two sets Python tells apart may be stored alike (the two sides of a DST fold): they share a digest,
+        and so one set.
+        """
         digests = typed.distinct_sets()
         if not digests:
             return {}
-        existing: dict[str, int] = {}
-        for chunk in _chunks(list(set(digests.values()))):
+        wanted = sorted(set(digests.values()))
+        found: dict[str, int] = {}
+        for chunk in _chunks(wanted):
             statement = sa.select(s.metadata_sets.c.digest, s.metadata_sets.c.id).where(
                 s.metadata_sets.c.digest.in_(chunk)
             )
-            existing.update((digest, int(set_id)) for digest, set_id in conn.execute(statement))
-        new = [members for members, digest in digests.items() if digest not in existing]
-        new_ids = dict(zip(new, reserve_ids(conn, s.metadata_sets, len(new)), strict=True)) if new else {}
-        insert_bound(conn, s.metadata_sets, ("id", "digest"), [(i, digests[m]) for m, i in new_ids.items()])
-        for columns, rows in typed.set_rows(new_ids):
+            found.update((digest, int(set_id)) for digest, set_id in conn.execute(statement))
+        new = [digest for digest in wanted if digest not in found]
+        new_sets = dict(zip(new, reserve_ids(conn, s.metadata_sets, len(new)), strict=True)) if new else {}
+        insert_bound(conn, s.metadata_sets, ("id", "digest"), [(i, d) for d, i in new_sets.items()])
+        for columns, rows in typed.set_rows(new_sets):
             insert_bound(conn, s.set_metadata, columns, rows)
         self._note_metadata_keys(conn, s.set_metadata_keys, typed.set_keys)
-        return {members: existing.get(digest) or new_ids[members] for members, digest in digests.items()}
+        found.update(new_sets)
+        return {members: found[digest] for members, digest in digests.items()}
 
     def count_matching(self, node: querylang.Node) -> int:
         with self.engine.connect() as conn:
@@ -528,10 +537,6 @@ class Catalog:
             return compile_query(node, querysql.Plan(datasets=frozen, after_id=after_id, places=places))
         plan = querysql.plan_query(node, lambda rows: self._estimate(conn, rows), frozen, after_id, places)
         return compile_query(node, plan)
-
-    def _key_places_now(self) -> querysql.KeyPlaces:
-        with self.engine.connect() as conn:
-            return self._key_places(conn)
 
     @staticmethod
     def _key_places(conn: Connection) -> querysql.KeyPlaces:
@@ -1609,13 +1614,12 @@ class _TypedRows:
                 found[members] = _set_digest(self.typed[member][1] for member in members)
         return found
 
-    def set_rows(
-        self, set_ids: Mapping[frozenset[tuple[Any, ...]], int]
-    ) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
-        """(columns, rows) of each kind of set_metadata row for the sets given (the new ones)."""
+    def set_rows(self, new_sets: Mapping[str, int]) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+        """(columns, rows) of each kind of set_metadata row for the new sets (digest -> id), each once."""
+        one_per_digest = {digest: members for members, digest in self.distinct_sets().items()}
         rows: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in self.VALUE_COLUMNS}
-        for members, set_id in set_ids.items():
-            for member in members:
+        for digest, set_id in new_sets.items():
+            for member in one_per_digest[digest]:
                 kind, values = self.typed[member]
                 rows[kind].append((set_id, *values))
         return [(("set_id", *self.VALUE_COLUMNS[kind]), found) for kind, found in rows.items() if found]
