@@ -70,6 +70,10 @@ class StorageError(OsaGridError):
     """A product could not be put into the store (disk full, permissions, store unreachable)."""
 
 
+class OutputClash(StorageError):
+    """A product's LFN is taken: registered or claimed by another task, or a file is at its place already."""
+
+
 class DataServiceError(OsaGridError):
     """The data management service (Rucio) is down, refuses our credentials, or answers with an error."""
 

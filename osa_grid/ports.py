@@ -146,8 +146,17 @@ class DataManager(Protocol):
         """A local path the payload can read the file from."""
         ...
 
-    def store(self, source: Path, lfn: str) -> Replica:
-        """Move a finished product into the store atomically; returns its replica."""
+    def store(self, source: Path, lfn: str, replace: bool = False) -> Replica:
+        """Move a finished product into the store atomically; returns its replica.
+
+        Never over a file already at the LFN's place (``OutputClash``), unless ``replace``: the caller claimed
+        the LFN and that file is what an earlier attempt of the same task left unregistered. Any trouble of
+        the storage is a ``StorageError``.
+        """
+        ...
+
+    def discard(self, lfn: str) -> None:
+        """Remove a product ``store`` put in place that will not be registered (its task failed meanwhile)."""
         ...
 
     def online(self, replica: Replica) -> bool:

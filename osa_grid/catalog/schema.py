@@ -226,6 +226,18 @@ pending_inputs = sa.Table(
     sa.Column("group_key", sa.String(512), nullable=False),
 )
 
+# LFNs a task is about to store, claimed before any byte lands at the LFN's place: two tasks (or a new version
+# of a transformation) whose outputs render to the same LFN never write over each other's product. A claim
+# lives from just before its product is stored until it is registered (the files row then holds the LFN).
+lfn_claims = sa.Table(
+    "lfn_claims",
+    metadata,
+    sa.Column("lfn", sa.String(1024), primary_key=True),
+    sa.Column("task_id", sa.String(64), nullable=False),
+    sa.Column("claimed_at", UTCDateTime, nullable=False),
+    sa.Index("ix_lfn_claims_task_id", "task_id"),
+)
+
 provenance = sa.Table(
     "provenance",
     metadata,

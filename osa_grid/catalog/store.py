@@ -106,6 +106,18 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """What claiming a task's output LFNs found (``Catalog.claim_lfns``)."""
+
+    # LFN -> who has it ("registered already, made by task ... (production/transformation)"); if any,
+    # nothing is claimed.
+    clashes: Mapping[str, str]
+    # LFNs this task (an earlier attempt) or a task that gave up claimed before: what such an attempt left
+    # at the LFN's place is no registered product and may be replaced.
+    reclaimed: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Failure:
     task_id: str
     target: TaskState  # READY (retry), FAILED or VETOED
@@ -304,6 +316,112 @@ class Catalog:
                 raise CatalogError(f"registering {len(rows)} file(s) failed: {exc}") from exc
             shown = ", ".join(sorted(existing)[:5])
             raise BadInput(f"{len(existing)} file(s) are already registered: {shown}") from None
+
+    def claim_lfns(self, outputs: Mapping[str, Sequence[str]]) -> dict[str, Claim]:
+        """Claim the LFNs of tasks' products (task id -> LFNs) before any of them is stored.
+
+        Each task gets all its LFNs or none. Under the registration lock, so a claim never passes a
+        registration: an LFN registered already, or claimed by another task that may still register it (an
+        earlier task of ``outputs`` too), is a clash. A claim held by a task that finished without registering
+        it (failed, vetoed, cancelled) is taken over.
+        """
+        wanted = [lfn for lfns in outputs.values() for lfn in lfns]
+        if not wanted:
+            return {task_id: Claim({}) for task_id in outputs}
+        with self.transaction() as conn:
+            serialize_registrations(conn)
+            registered = self._registered_by(conn, wanted)
+            holders = {
+                lfn: (holder, description, state)
+                for lfn, holder, description, state in self._claims(conn, wanted)
+            }
+            described = self._task_descriptions(conn, list(outputs))
+            claims = {
+                task_id: self._claim(task_id, described.get(task_id, task_id), lfns, registered, holders)
+                for task_id, lfns in outputs.items()
+            }
+            taken = [
+                lfn for task_id, claim in claims.items() if not claim.clashes for lfn in outputs[task_id]
+            ]
+            for chunk in _chunks(taken):
+                conn.execute(sa.delete(s.lfn_claims).where(s.lfn_claims.c.lfn.in_(chunk)))
+            now = utcnow()
+            rows = [
+                {"lfn": lfn, "task_id": task_id, "claimed_at": now}
+                for task_id, claim in claims.items()
+                if not claim.clashes
+                for lfn in outputs[task_id]
+            ]
+            if rows:
+                conn.execute(sa.insert(s.lfn_claims), rows)
+            return claims
+
+    @staticmethod
+    def _claim(
+        task_id: str,
+        description: str,
+        lfns: Sequence[str],
+        registered: Mapping[str, str],
+        holders: dict[str, tuple[str, str, str | None]],
+    ) -> Claim:
+        """One task's claim, against what is registered and claimed (``holders`` gets its LFNs if it wins)."""
+        if len(set(lfns)) != len(lfns):
+            twice = sorted({lfn for lfn in lfns if lfns.count(lfn) > 1})
+            return Claim({lfn: f"also the LFN of another output of task {task_id}" for lfn in twice})
+        clashes: dict[str, str] = {}
+        reclaimed: set[str] = set()
+        for lfn in lfns:
+            if lfn in registered:
+                clashes[lfn] = registered[lfn]
+            elif lfn in holders:
+                holder, holder_description, state = holders[lfn]
+                if holder == task_id or state is None or TaskState(state) not in UNFINISHED:
+                    reclaimed.add(lfn)
+                else:
+                    clashes[lfn] = f"claimed by task {holder_description}, which is storing it"
+        if clashes:
+            return Claim(clashes)
+        for lfn in lfns:
+            holders[lfn] = (task_id, description, TaskState.SUBMITTED.value)
+        return Claim({}, frozenset(reclaimed))
+
+    @staticmethod
+    def _registered_by(conn: Connection, lfns: Sequence[str]) -> dict[str, str]:
+        """The registered LFNs among ``lfns``, each with the task that made it."""
+        found: dict[str, str] = {}
+        for chunk in _chunks(lfns):
+            statement = (
+                sa.select(s.files.c.lfn, s.files.c.task_id, _task_description())
+                .outerjoin(s.tasks, s.tasks.c.task_id == s.files.c.task_id)
+                .where(s.files.c.lfn.in_(chunk))
+            )
+            for lfn, task, description in conn.execute(statement):
+                maker = (
+                    f"task {description or task}" if task is not None else "a registration outside any task"
+                )
+                found[lfn] = f"registered already, made by {maker}"
+        return found
+
+    @staticmethod
+    def _task_descriptions(conn: Connection, task_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for chunk in _chunks(task_ids):
+            statement = sa.select(s.tasks.c.task_id, _task_description()).where(s.tasks.c.task_id.in_(chunk))
+            found.update({row[0]: row[1] for row in conn.execute(statement)})
+        return found
+
+    @staticmethod
+    def _claims(conn: Connection, lfns: Sequence[str]) -> list[tuple[str, str, str, str | None]]:
+        """Claims on ``lfns``: (LFN, claiming task, its description, its state or None if it is gone)."""
+        rows: list[tuple[str, str, str, str | None]] = []
+        for chunk in _chunks(lfns):
+            statement = (
+                sa.select(s.lfn_claims.c.lfn, s.lfn_claims.c.task_id, _task_description(), s.tasks.c.state)
+                .outerjoin(s.tasks, s.tasks.c.task_id == s.lfn_claims.c.task_id)
+                .where(s.lfn_claims.c.lfn.in_(chunk))
+            )
+            rows += [(r[0], r[1], r[2] or r[1], r[3]) for r in conn.execute(statement)]
+        return rows
 
     def known_lfns(self, lfns: Sequence[str]) -> set[str]:
         """Which of these LFNs are registered already."""
@@ -1307,6 +1425,9 @@ class Catalog:
             )
             outputs = [(f, c.task_id) for c in completions for f in c.outputs]
             self._insert_files(conn, [f for f, _ in outputs], None, [t for _, t in outputs])
+            # Registered: the files rows hold the LFNs now.
+            for chunk in _chunks(ids):
+                conn.execute(sa.delete(s.lfn_claims).where(s.lfn_claims.c.task_id.in_(chunk)))
             conn.execute(
                 sa.insert(s.provenance), [{"task_id": c.task_id, **c.provenance} for c in completions]
             )
@@ -1801,6 +1922,13 @@ def _check_file_lengths(new_file: NewFile) -> None:
         if length is not None and len(value) > length:
             where = f"{column.table.name}.{column.name}"
             raise BadInput(f"{where} of {new_file.lfn[:80]!r} is longer than {length} characters")
+
+
+def _task_description() -> sa.ColumnElement[str]:
+    """``<task id> (<production>/<transformation>)``, as a clash names the task that has an LFN."""
+    return (s.tasks.c.task_id + " (" + s.tasks.c.production + "/" + s.tasks.c.transformation + ")").label(
+        "description"
+    )
 
 
 def _task_row(row: Any) -> TaskRow:

@@ -26,7 +26,9 @@ NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 SOFTWARE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(==[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63})?$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$")
 _DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-FailureKind = Literal["failed", "timeout", "oom", "output", "storage", "lost", "cancelled", "node_fail"]
+FailureKind = Literal[
+    "failed", "timeout", "oom", "output", "storage", "clash", "lost", "cancelled", "node_fail"
+]
 
 
 MAX_WALLTIME = timedelta(days=365)
@@ -171,7 +173,8 @@ class Grouping(Strict):
 class Output(Strict):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     file_name: Template
-    directory: Template = "{production}"
+    # With the version, a new version of the transformation writes new LFNs (never over the old products).
+    directory: Template = "{production}/v{version}"
     metadata: dict[str, MetaValue] = Field(default_factory=dict)
     # Input metadata keys passed on to the output ("all" = every key the inputs have in common).
     inherit: Literal["all", "none"] | list[str] = "all"

@@ -179,6 +179,9 @@ def decide_retry(
 
     ``same_as_last``: this failure repeats the previous one exactly (same class and exit code).
     """
+    if kind == "clash":
+        # The same inputs render the same LFNs: another attempt would only find them taken again.
+        return RetryDecision("veto", reason="its outputs' LFNs are taken: another attempt would clash again")
     rule = next((r for r in policy.rules if r.matches(kind, exit_code)), None)
     if rule is not None and rule.action == "veto":
         return RetryDecision("veto", reason=f"retry rule vetoes {kind} (exit code {exit_code})")

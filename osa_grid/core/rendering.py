@@ -70,6 +70,7 @@ def _name_values(
         **(parameters or {}),
         "production": production,
         "transformation": transformation.name,
+        "version": transformation.version,  # in output paths, a new version writes new LFNs
         "task_id": task_id,
     }
 

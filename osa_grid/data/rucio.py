@@ -24,7 +24,7 @@ from osa_grid.core.metadata import MetaValue
 from osa_grid.data.checksums import adler32
 from osa_grid.data.ctao_metadata import ctao_key, ctao_value, from_ctao, to_ctao
 from osa_grid.data.local import LocalStore
-from osa_grid.errors import BadInput, DataServiceError, DataServiceUnavailable, InputFileMissing
+from osa_grid.errors import BadInput, DataServiceError, DataServiceUnavailable, InputFileMissing, OutputClash
 from osa_grid.ports import NewFile, Replica, StageState, StageStatus
 
 STAGING_ACTIVITY = "Staging"
@@ -147,8 +147,11 @@ class RucioStore:
                     return path
         raise InputFileMissing(f"{lfn}: no replica on disk (is it still being staged?)")
 
-    def store(self, source: Path, lfn: str) -> Replica:
-        return self.local.store(source, lfn)
+    def store(self, source: Path, lfn: str, replace: bool = False) -> Replica:
+        return self.local.store(source, lfn, replace)
+
+    def discard(self, lfn: str) -> None:
+        self.local.discard(lfn)  # only stored, not published yet: ``register`` publishes
 
     def register_raw(self, files: Sequence[RawFile], rse: str, dataset_of: Callable[[RawFile], str]) -> int:
         """Put raw files on an RSE (bytes at their PFN), register replicas with checksums, metadata, datasets.
@@ -181,12 +184,13 @@ class RucioStore:
             self._attach(dataset, lfns)
         return len(new)
 
-    def _existing(self, lfns: Sequence[str]) -> set[str]:
+    def _existing(self, lfns: Sequence[str]) -> dict[str, str]:
+        """The names among ``lfns`` Rucio knows, with their adler32."""
         found = self._call(
             "list replicas",
             lambda: list(self.client().list_replicas([self.did(lfn) for lfn in lfns], all_states=True)),
         )
-        return {entry["name"] for entry in found}
+        return {entry["name"]: str(entry.get("adler32") or "") for entry in found}
 
     def _set_metadata(self, items: Sequence[tuple[str, Mapping[str, MetaValue]]]) -> None:
         dids = [{**self.did(lfn), "meta": to_ctao(metadata)} for lfn, metadata in items]
@@ -353,6 +357,15 @@ class RucioStore:
             return list(files)
         client = self.client()
         known = self._existing([f.lfn for f in chosen])
+        for new_file in chosen:
+            published = known.get(new_file.lfn)
+            # The same bytes: published by an attempt that died before it was recorded. Other bytes: a file of
+            # the scope that is not this product, and a published file is never replaced.
+            if published is not None and published.lower() != new_file.checksum.lower():
+                raise OutputClash(
+                    f"{new_file.lfn} is in Rucio scope {self.scope} already with adler32 {published}, "
+                    f"not this product's {new_file.checksum}: it is not replaced"
+                )
         pfns = self._call(
             f"lfns2pfns on {self.output_rse}",
             client.lfns2pfns,
@@ -365,7 +378,7 @@ class RucioStore:
             pfn = pfns[f"{self.scope}:{new_file.lfn}"]
             added[new_file.lfn] = Replica(new_file.lfn, self.output_rse, pfn)
             if new_file.lfn in known:
-                continue  # published by an attempt that died before it was recorded
+                continue
             source = self.local.locate(new_file.lfn, new_file.replicas)
             _copy_atomically(source, Path(urlparse(pfn).path))
             records.append({**self.did(new_file.lfn), "bytes": new_file.size, "adler32": new_file.checksum})

@@ -11,12 +11,13 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import platform
 import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from osa_grid import __version__
-from osa_grid.catalog.store import Catalog, CatalogFile, Completion, Failure, TaskRow
+from osa_grid.catalog.store import Catalog, CatalogFile, Claim, Completion, Failure, TaskRow
 from osa_grid.core import query as querylang
 from osa_grid.core import templates
 from osa_grid.core.metadata import MetaValue, check_metadata
@@ -51,6 +52,7 @@ from osa_grid.errors import (
     LeaseHeld,
     OsaGridError,
     OutputCheckFailed,
+    OutputClash,
     StorageError,
 )
 from osa_grid.logs import event, get_logger
@@ -61,6 +63,27 @@ from osa_grid.system import identity_is_alive, identity_is_dead, process_identit
 log = get_logger("shepherd")
 # Files read, planned and recorded at once when a transformation has a backlog.
 PLAN_BATCH_FILES = 50_000
+# What fails a finished task's products (and that task alone), by failure class; the first match wins.
+_FAILURE_CLASSES: tuple[tuple[type[Exception], str], ...] = (
+    (OutputClash, "clash"),
+    (OutputCheckFailed, "output"),
+    (BadInput, "output"),
+    (StorageError, "storage"),
+    (OSError, "storage"),  # whatever the filesystem says (e.g. an LFN whose parent is a file)
+)
+_TASK_FAILURES = tuple(kind for kind, _ in _FAILURE_CLASSES)
+
+
+def _failure_kind(exc: Exception) -> str:
+    return next(name for kind, name in _FAILURE_CLASSES if isinstance(exc, kind))
+
+
+@dataclass(frozen=True)
+class _Product:
+    """A checked output in the task's work directory, and the file it will be registered as."""
+
+    produced: Path
+    new_file: NewFile
 
 
 @contextmanager
@@ -318,22 +341,29 @@ class Shepherd:
         if not succeeded and not started:
             return
         inputs = self._inputs_of([task.task_id for task, _ in succeeded])
-        completions: list[Completion] = []
+        checked: list[tuple[TaskRow, JobStatus, list[_Product]]] = []
         for task, status in succeeded:
             transformation = self.production.transformation(task.transformation)
             try:
                 outputs = self._expected_outputs(task, transformation, inputs[task.task_id])
-                new_files = [self._store_output(task, output) for output in outputs]
-                new_files = self.data.register(new_files, self.production.name)
+                checked.append((task, status, [self._checked_product(task, output) for output in outputs]))
+            except _TASK_FAILURES as exc:
+                self._fail(task, _failure_kind(exc), 0, str(exc), status, report)
+        # Before any byte lands at its place: a product never goes where another task's is (or is going).
+        claims = self.catalog.claim_lfns(
+            {task.task_id: [p.new_file.lfn for p in products] for task, _, products in checked}
+        )
+        completions: list[Completion] = []
+        for task, status, products in checked:
+            transformation = self.production.transformation(task.transformation)
+            try:
+                new_files = self._store_products(products, claims[task.task_id])
             except DataServiceUnavailable as exc:
                 # The job succeeded: it stays active and its products are published at a later pass.
                 self._data_unavailable(exc)
                 break
-            except (OutputCheckFailed, BadInput) as exc:
-                self._fail(task, "output", 0, str(exc), status, report)
-                continue
-            except StorageError as exc:
-                self._fail(task, "storage", 0, str(exc), status, report)
+            except _TASK_FAILURES as exc:
+                self._fail(task, _failure_kind(exc), 0, str(exc), status, report)
                 continue
             provenance = self._provenance(task, transformation, inputs[task.task_id], status, 0)
             completions.append(Completion(task.task_id, new_files, provenance))
@@ -371,8 +401,14 @@ class Shepherd:
         found = self.catalog.task_inputs(unknown) if unknown else {}
         return {task_id: self._inputs.get(task_id) or found[task_id] for task_id in task_ids}
 
-    def _store_output(self, task: TaskRow, output: RenderedOutput) -> NewFile:
+    def _checked_product(self, task: TaskRow, output: RenderedOutput) -> _Product:
+        """An output as the step left it in its work directory, checked; with size, checksum and metadata."""
         produced = Path(task.workdir or "") / output.file_name
+        if produced.is_symlink():
+            raise OutputCheckFailed(
+                f"output {output.name}: {produced} is a symbolic link (to {os.readlink(produced)}): "
+                "a step must write its product, not link to one"
+            )
         if not produced.is_file():
             raise OutputCheckFailed(f"output {output.name}: {produced} was not written")
         size = produced.stat().st_size
@@ -380,10 +416,32 @@ class Shepherd:
             raise OutputCheckFailed(f"output {output.name}: {produced} is empty")
         if output.verify is not None:
             verify_product(output.verify, produced, output.name)
-        checksum = adler32(produced)
         metadata = {**self._measured(task, output), **output.metadata}
-        replica = self.data.store(produced, output.lfn)
-        return NewFile(output.lfn, size, checksum, metadata, (replica,))
+        return _Product(produced, NewFile(output.lfn, size, adler32(produced), metadata))
+
+    def _store_products(self, products: Sequence[_Product], claim: Claim) -> list[NewFile]:
+        """Move a task's products into the store and publish them; on any failure, none of them stays."""
+        if claim.clashes:
+            raise OutputClash(
+                "; ".join(f"{lfn} is {holder}" for lfn, holder in sorted(claim.clashes.items()))
+                + ": a registered product never changes (different tasks, or a new version of a "
+                "transformation, must write different LFNs: see {version} in docs/productions.md)"
+            )
+        stored: list[str] = []
+        try:
+            new_files = []
+            for product in products:
+                lfn = product.new_file.lfn
+                replica = self.data.store(product.produced, lfn, replace=lfn in claim.reclaimed)
+                stored.append(lfn)
+                new = product.new_file
+                new_files.append(NewFile(lfn, new.size, new.checksum, new.metadata, (replica,)))
+            return self.data.register(new_files, self.production.name)
+        except Exception:
+            for lfn in stored:  # claimed by this task and not registered: nobody else's product
+                with suppress(StorageError):
+                    self.data.discard(lfn)
+            raise
 
     @staticmethod
     def _measured(task: TaskRow, output: RenderedOutput) -> dict[str, MetaValue]:

@@ -181,8 +181,8 @@ def test_r0_to_dl1_transformation(night: Production) -> None:
         "--config=/mc/lstchain_config.json",
     ]
     dl1, muons = task.outputs
-    assert dl1.lfn == "lst-night/DL1/20251120/dl1_LST-1.Run01807.0003.h5"
-    assert muons.lfn == "lst-night/muons/20251120/muons_LST-1.Run01807.0003.fits"
+    assert dl1.lfn == "lst-night/v1/DL1/20251120/dl1_LST-1.Run01807.0003.h5"
+    assert muons.lfn == "lst-night/v1/muons/20251120/muons_LST-1.Run01807.0003.fits"
     assert dl1.metadata["data_level"] == "DL1" and dl1.metadata["subrun_id"] == 3
     assert "stream" not in dl1.metadata and dl1.metadata["mc_production"] == "toy-v1"
     assert render_needs(t, [r0(1807, 3)]) == {
@@ -255,7 +255,7 @@ def test_calibration_transformations(night: Production) -> None:
         "--sample-size=50",
         "/r0/pedcal.fits.fz",
     ]
-    assert calib.outputs[0].lfn == "lst-night/calibration/20251120/calibration_filters_52.Run01806.0000.h5"
+    assert calib.outputs[0].lfn == "lst-night/v1/calibration/20251120/calibration_filters_52.Run01806.0000.h5"
 
 
 def test_run_wise_transformations(night: Production) -> None:
@@ -292,7 +292,7 @@ def test_run_wise_transformations(night: Production) -> None:
         "--model=/m/cls_gh.sav",
         "/s/dl1.h5",
     ]
-    assert dl2.outputs[0].lfn == "lst-night/DL2/20251120/dl2_LST-1.Run01807.h5"
+    assert dl2.outputs[0].lfn == "lst-night/v1/DL2/20251120/dl2_LST-1.Run01807.h5"
     run2 = [FileRecord(10, "dl2_LST-1.Run01807.h5", {**dl2.outputs[0].metadata})]
     dl3 = rendered(night.transformation("dl3"), run2, ["/s/dl2.h5"], irf="/i/irf.fits.gz")
     assert dl3.argv == [
@@ -307,11 +307,11 @@ def test_run_wise_transformations(night: Production) -> None:
         "--dec=22.0145",
         "/s/dl2.h5",
     ]
-    assert dl3.outputs[0].lfn == "lst-night/DL3/20251120/dl3_LST-1.Run01807.fits"
+    assert dl3.outputs[0].lfn == "lst-night/v1/DL3/20251120/dl3_LST-1.Run01807.fits"
     index = rendered(night.transformation("dl3_index"), run2, ["/s/dl3_1.fits"])
     assert [o.lfn for o in index.outputs] == [
-        "lst-night/DL3/20251120/hdu-index.fits.gz",
-        "lst-night/DL3/20251120/obs-index.fits.gz",
+        "lst-night/v1/DL3/20251120/hdu-index.fits.gz",
+        "lst-night/v1/DL3/20251120/obs-index.fits.gz",
     ]
 
 
@@ -488,7 +488,7 @@ def test_run_summary_transformation() -> None:
     assert task.argv == [PY, "-m", "osa_grid.steps.lstchain", f"--workdir={WORK}", "run-summary",
                          "/s/a.fits.fz", "/s/b.fits.fz"]  # fmt: skip
     (summary,) = task.outputs
-    assert summary.lfn == "lst-run-summary/monitoring/RunSummary/RunSummary_20251120.ecsv"
+    assert summary.lfn == "lst-run-summary/v1/monitoring/RunSummary/RunSummary_20251120.ecsv"
     assert summary.metadata["data_level"] == "RUN_SUMMARY" and summary.metadata["night"] == NIGHT
     assert "run_id" not in summary.metadata
 
