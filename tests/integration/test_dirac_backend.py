@@ -171,7 +171,7 @@ def test_a_production_runs_to_the_end_on_dirac_with_the_pilot(world: DiracWorld)
     catalog = world.catalog()
     try:
         # Products registered once each.
-        summary = catalog.file(f"{world.production}/summary.csv")
+        summary = catalog.file(f"{world.production}/v1/summary.csv")
         assert summary is not None and summary.task_id is not None
         provenance = catalog.provenance(summary.task_id)[-1]
         assert provenance["backend"] == "dirac"

@@ -46,13 +46,13 @@ def test_a_chain_runs_to_the_end_with_products_and_provenance(world: ToyWorld) -
 
     catalog = world.catalog()
     try:
-        summary = catalog.file("toy/summary.csv")
+        summary = catalog.file("toy/v1/summary.csv")
         assert summary is not None and summary.task_id is not None
         provenance = catalog.provenance(summary.task_id)[-1]
         assert provenance["exit_code"] == 0 and provenance["software"]["osa-grid"]
         assert provenance["argv"][3] == "summarize"
         inputs = catalog.task_inputs([summary.task_id])[summary.task_id]
-        assert [f.lfn for f in inputs] == ["toy/dl2_Run01807.csv", "toy/dl2_Run01808.csv"]
+        assert [f.lfn for f in inputs] == ["toy/v1/dl2_Run01807.csv", "toy/v1/dl2_Run01808.csv"]
         assert summary.metadata["data_level"] == "DL3" and "run_id" not in summary.metadata
     finally:
         catalog.close()
@@ -82,8 +82,8 @@ def test_side_inputs_wait_for_the_calibration_and_are_recorded(tmp_path: Path) -
     assert _status(world)["counts"]["calibrate"] == {"done": 6}
     catalog = world.catalog()
     try:
-        calibration = catalog.file("toy/calibration_Run01806.csv")
-        dl1 = catalog.file("toy/dl1_Run01807.0000.csv")
+        calibration = catalog.file("toy/v1/calibration_Run01806.csv")
+        dl1 = catalog.file("toy/v1/dl1_Run01807.0000.csv")
         assert calibration is not None and dl1 is not None and dl1.task_id is not None
         needs = catalog.task_needs([dl1.task_id])[dl1.task_id]
         assert needs["calibration"].lfn == calibration.lfn

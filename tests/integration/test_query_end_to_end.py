@@ -32,7 +32,7 @@ def test_a_frozen_dataset_is_the_input_of_a_production(tmp_path: Path) -> None:
     result = world.osa_grid("production", "run", str(path), "--no-live")
     assert result.returncode == 0, result.stderr
     made = world.osa_grid("query", "data_level = DL1", "--format", "lfn", "--sort", "lfn")
-    assert made.stdout.split() == ["toy/dl1_Run01807.0000.csv", "toy/dl1_Run01807.0001.csv"]
+    assert made.stdout.split() == ["toy/v1/dl1_Run01807.0000.csv", "toy/v1/dl1_Run01807.0001.csv"]
     # Files registered later do not join a frozen dataset: nothing more to do.
     catalog = world.catalog()
     try:
@@ -54,14 +54,14 @@ def test_provenance_of_a_real_product(tmp_path: Path) -> None:
     world.add_raw([1806], subruns=1, run_type="PEDCALIB")
     path = world.write_production(toy_production(calibration=True))
     assert world.osa_grid("production", "run", str(path), "--no-live").returncode == 0
-    tree = world.osa_grid("provenance", "toy/summary.csv")
+    tree = world.osa_grid("provenance", "toy/v1/summary.csv")
     assert tree.returncode == 0, tree.stderr
     for step in ("summarize", "reconstruct", "merge", "calibrate", "pedestal", "(calibration)"):
         assert step in tree.stdout
-    document = json.loads(world.osa_grid("provenance", "toy/summary.csv", "-f", "prov-json").stdout)
+    document = json.loads(world.osa_grid("provenance", "toy/v1/summary.csv", "-f", "prov-json").stdout)
     raw = [e for e in document["entity"].values() if e.get("osa:data_level") == "R0"]
     assert len(raw) == 3  # two data sub-runs and the pedestal run's one
-    picture = world.osa_grid("provenance", "toy/summary.csv", "-f", "svg", "-o", str(tmp_path / "p.svg"))
+    picture = world.osa_grid("provenance", "toy/v1/summary.csv", "-f", "svg", "-o", str(tmp_path / "p.svg"))
     assert picture.returncode == 0 and "<svg" in (tmp_path / "p.svg").read_text()
     runs = json.loads(
         world.osa_grid("query", "exists run_id", "--group-by", "run_id", "--json").stdout.split("\n")[0]

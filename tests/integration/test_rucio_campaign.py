@@ -96,5 +96,5 @@ def test_campaign_stages_through_its_window_and_fills_its_dataset(
 
     # Products in the campaign's own dataset, found there and by metadata.
     content = [d["name"] for d in store.client().list_content("lst", name)]
-    assert content == [f"{name}/summary.csv"]
+    assert content == [f"{name}/v1/summary.csv"]
     assert [f.lfn for f in store.resolve(f"production = {name} and data_level = DL3")] == content

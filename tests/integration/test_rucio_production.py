@@ -61,7 +61,7 @@ def test_production_stages_through_the_window_and_registers_dl3(tmp_path: Path) 
 
     # The DL3 product, found by its CTAO metadata with the Python client and the official command line.
     found = store.resolve(f"production = toy{tag} and data_level = DL3")
-    assert [f.lfn for f in found] == [f"toy{tag}/summary.csv"]
+    assert [f.lfn for f in found] == [f"toy{tag}/v1/summary.csv"]
     assert [r.store for r in found[0].replicas] == ["LST_DL3"]
     listed = subprocess.run(
         [
@@ -79,7 +79,7 @@ def test_production_stages_through_the_window_and_registers_dl3(tmp_path: Path) 
         timeout=60,
     )
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.split() == [f"lst:toy{tag}/summary.csv"]
+    assert listed.stdout.split() == [f"lst:toy{tag}/v1/summary.csv"]
 
     # Released rules expire: the judge-cleaner removes them.
     daemon("judge-cleaner")

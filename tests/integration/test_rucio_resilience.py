@@ -135,7 +135,7 @@ def test_restart_resumes_staging_without_duplicate_rules(rucio_env: Path, tmp_pa
         catalog.close()
     # Every product registered once; the DL3 one published once in Rucio.
     assert [f.lfn for f in store.resolve(f"production = toy{tag} and data_level = DL3")] == [
-        f"toy{tag}/summary.csv"
+        f"toy{tag}/v1/summary.csv"
     ]
 
 

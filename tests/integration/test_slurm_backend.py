@@ -414,7 +414,7 @@ def test_a_production_runs_to_the_end_on_slurm(world: SlurmWorld) -> None:
     assert len({array_job_id(j) for j, r in jobs.items() if r.name.endswith(".calibrate")}) == 1
     catalog = world.catalog()
     try:
-        summary = catalog.file(f"{world.production}/summary.csv")
+        summary = catalog.file(f"{world.production}/v1/summary.csv")
         assert summary is not None and summary.task_id is not None
         provenance = catalog.provenance(summary.task_id)[-1]
         assert provenance["backend"] == "slurm" and provenance["job_id"] in jobs
