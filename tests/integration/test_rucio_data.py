@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
 from osa_grid.data.checksums import adler32
 from osa_grid.data.rucio import RawFile, RucioStore, transfer
-from osa_grid.errors import DataServiceError
-from osa_grid.ports import StageState
+from osa_grid.errors import DataServiceError, OutputClash
+from osa_grid.ports import NewFile, StageState
 from osa_grid.steps.toy import make_inputs
 from tests.integration.rucio_server import daemon, ensure_server, token
 
@@ -173,3 +174,28 @@ def test_query_where_rucio_gives_the_catalogs_answer(
         refused = world.osa_grid("query", text, "--where", "rucio")
         assert refused.returncode == 2 and part in refused.stderr, refused.stderr
         assert "cannot express" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_published_product_is_never_replaced_by_other_bytes(rucio_config: Path, tmp_path: Path) -> None:
+    tag = token()
+    lfn = f"{tag}/DL3/dl3_LST-1.Run01807.fits"
+    metadata = {"data_level": "DL3", "run_id": 1807, "test_tag": tag}
+
+    def publish(products: Path, content: bytes) -> list[NewFile]:
+        store = make_store(rucio_config, products)
+        made = tmp_path / "work" / products.name / "dl3.fits"
+        made.parent.mkdir(parents=True)
+        made.write_bytes(content)
+        checksum = adler32(made)
+        replica = store.store(made, lfn)
+        return store.register([NewFile(lfn, len(content), checksum, metadata, (replica,))], f"{tag}_dl3")
+
+    first = publish(tmp_path / "first", b"the first product")
+    published = next(r for r in first[0].replicas if r.store == "LST_DL3")
+    # The same bytes again (an attempt that died before it was recorded): accepted, nothing copied again.
+    assert publish(tmp_path / "again", b"the first product")[0].checksum == first[0].checksum
+    with pytest.raises(OutputClash, match=rf"{lfn} is in Rucio scope lst already with adler32"):
+        publish(tmp_path / "other", b"another product, other bytes")
+    assert Path(urlparse(published.pfn).path).read_bytes() == b"the first product"
+    (found,) = make_store(rucio_config, tmp_path / "first").describe([lfn])
+    assert found.checksum == first[0].checksum
