@@ -74,7 +74,9 @@ class Night:
         self.base_dir = base_dir
         self.catalog = catalog
         self.run_summary = run_summary
-        self.plan = plan_night(night, self._runs_of, workflow.lookback_nights)
+        # None: no run summary yet; read once, the plan and the messages see the same runs.
+        self.runs = self._runs_of(night)
+        self.plan = plan_night(night, self._runs_with_tonight, workflow.lookback_nights)
         self.production = night_production(workflow, self.plan)
         self.sources = self._sources()
 
@@ -89,8 +91,15 @@ class Night:
                 return candidate
         return monitoring / f"RunSummary_{night_dir(night)}.ecsv"
 
+    def tonight_summary(self) -> Path:
+        """The run summary of the night: ``--run-summary`` or the site's."""
+        return self.run_summary or self.summary_path(self.night)
+
+    def _runs_with_tonight(self, night: date) -> NightRuns | None:
+        return self.runs if night == self.night else self._runs_of(night)
+
     def _runs_of(self, night: date) -> NightRuns | None:
-        path = self.run_summary if night == self.night and self.run_summary else self.summary_path(night)
+        path = self.tonight_summary() if night == self.night else self.summary_path(night)
         if not path.is_file():
             if night == self.night and self.run_summary:
                 raise BadInput(f"{path}: no such run summary")

@@ -239,6 +239,43 @@ def test_bad_nights(tmp_path: Path) -> None:
     assert "Traceback" not in malformed.stderr + missing.stderr + uncalibrated.stderr
 
 
+def test_empty_and_broken_run_summaries_and_run_catalogs(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    full_night(site)
+    summary = site.base / "monitoring" / "RunSummary" / f"RunSummary_{NIGHT_DIR}.ecsv"
+    good = summary.read_text()
+    summary.write_text("")  # still being written: neither "nothing to do" nor a closed night
+    for once in ((), ("--once",)):
+        empty = site.nightly("run", *once, "--poll", "0.2")
+        assert empty.returncode == 2, empty.stdout + empty.stderr
+        assert f"{summary}: the run summary is empty (still being written, or broken)" in empty.stderr
+        assert "nothing to do" not in empty.stdout and "Traceback" not in empty.stderr
+    summary.write_text(good.split("1805,")[0])  # the header only: a night without runs yet
+    header_only = site.nightly("run", "--once")
+    assert header_only.returncode == 0, header_only.stderr
+    assert f"the run summary {summary} has no runs yet, nothing to do" in " ".join(header_only.stdout.split())
+    summary.write_text(good.replace("1809,2,DATA", "99999999999999999999,2,DATA"))
+    huge = site.nightly("run", "--once", "--poll", "0.2")
+    assert huge.returncode == 2
+    assert f"{summary.name}:10: run_id '99999999999999999999' is not a whole number" in huge.stderr
+    summary.write_text(good)
+    catalog = site.base / "monitoring" / "RunCatalog" / f"RunCatalog_{NIGHT_DIR}.ecsv"
+    catalog.parent.mkdir(parents=True)
+    header = "# %ECSV 1.0\n# ---\n# delimiter: ','\nrun_id,source_name,source_ra,source_dec\n"
+    catalog.write_text(header + "1807,Crab,83.6,22.0\n1808,Mrk 421,166.1,nan\n")
+    bad_value = site.nightly("run", "--once", "--poll", "0.2")
+    assert bad_value.returncode == 2 and f"{catalog.name}:6: source_ra and source_dec" in bad_value.stderr
+    catalog.write_text(header + "1807,Crab,83.6,22.0\n1808,Mrk 421,166.1,38.2\n1807,Mrk 501,253.5,39.8\n")
+    twice = site.nightly("run", "--once", "--poll", "0.2")
+    assert twice.returncode == 2
+    assert f"{catalog.name}:7: run 1807 is listed twice, differently (first at {catalog}:5)" in " ".join(
+        twice.stderr.split()
+    )
+    assert "Traceback" not in huge.stderr + bad_value.stderr + twice.stderr
+    catalog.unlink()
+    assert site.status()["closed"] is None and not (site.base / "DL1").exists()  # nothing ran on bad input
+
+
 def test_calibration_from_an_earlier_night_and_simulate(tmp_path: Path) -> None:
     site = Site(tmp_path)
     site.run_summary([(1801, 2, "DRS4"), (1802, 2, "PEDCALIB")], night_dir="20261119")
