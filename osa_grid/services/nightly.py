@@ -7,6 +7,7 @@ the night's production, close the night when everything that can be done is done
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, replace
@@ -29,10 +30,11 @@ from osa_grid.core.nightly import (
     sequence_table,
 )
 from osa_grid.core.planner import FileRecord, plan_groups
+from osa_grid.core.redaction import redact_text
 from osa_grid.core.runsummary import NightRuns, RunInfo, RunSource, parse_run_catalog, parse_summary
 from osa_grid.core.sequences import NightPlan, plan_night
 from osa_grid.core.states import TaskState
-from osa_grid.errors import BadInput
+from osa_grid.errors import BadInput, OsaGridError
 from osa_grid.logs import event, get_logger
 from osa_grid.ports import Backend, DataManager
 from osa_grid.services.files import describe_path
@@ -47,6 +49,7 @@ log = get_logger("nightly")
 NIGHT_CLOSED = "night_closed"
 DEADLINE_MISSED = "night_deadline_missed"
 VETO_TOLD = "veto_notified"
+NOTIFY_FAILED = "notify_failed"
 
 
 @dataclass(frozen=True)
@@ -230,8 +233,19 @@ class Night:
         self._write_provenance()
         marker.write_text(f"night {self.night} closed at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n{summary}\n")
         state = "with problems" if problems else "complete"
-        notifier.send(f"osa-grid: night {self.night} closed ({state})", summary)
+        self.tell(notifier, f"osa-grid: night {self.night} closed ({state})", summary)
         event(log, "night_closed", night=self.night, problems=len(problems), forced=forced)
+
+    def tell(self, notifier: Notifier, subject: str, body: str) -> None:
+        """Tell the operators. A notification that cannot be sent is reported (a warning line and an event of
+        the night) and does not fail the night: the catalog, not the message, is the record. It is not sent
+        again: the next pass would fail the same way and repeat the warning every poll."""
+        try:
+            notifier.send(subject, body)
+        except OsaGridError as exc:
+            error = redact_text(str(exc))
+            event(log, NOTIFY_FAILED, logging.WARNING, night=self.night, subject=subject, error=error)
+            self.catalog.record_event(NOTIFY_FAILED, self.production.name, subject=subject, error=error)
 
     def provenance_file(self) -> Path:
         return self.analysis_dir() / f"provenance_{night_dir(self.night)}.json"
@@ -401,7 +415,8 @@ class NightlyShepherd:
         for task in vetoed:
             if task.task_id in told:
                 continue
-            self.notifier.send(
+            self.night.tell(
+                self.notifier,
                 f"osa-grid: night {self.night.night}: a {task.transformation} task was vetoed",
                 f"task {task.task_id}\nerror: {task.error}\nlogs: {task.workdir}",
             )
@@ -417,7 +432,8 @@ class NightlyShepherd:
         self.night.catalog.record_event(
             DEADLINE_MISSED, self.night.production.name, deadline=deadline.isoformat()
         )
-        self.notifier.send(
+        self.night.tell(
+            self.notifier,
             f"osa-grid: night {self.night.night} not closed by {deadline:%Y-%m-%d %H:%M} UTC",
             "\n".join(f"seq {r.seq_id} run {r.run_id}: {r.state}" for r in self.night.status()),
         )

@@ -124,6 +124,44 @@ def test_a_complete_night_is_processed_closed_and_shown(tmp_path: Path) -> None:
     assert again.returncode == 0 and "is closed" in again.stdout
 
 
+def test_a_notification_that_cannot_be_sent_does_not_fail_the_night(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    full_night(site)
+    command = [
+        *OSA_GRID,
+        "nightly",
+        "run",
+        "--poll",
+        "0.2",
+        "--date",
+        NIGHT,
+        "--workflow",
+        str(site.workflow),
+    ]
+    # Nothing listens on port 1: the webhook is refused once the night is closed.
+    env = {**site.env(), "OSA_GRID_NOTIFY": "http://osa:hook-pw@127.0.0.1:1/hooks/night"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "is closed" in result.stdout
+    (warning,) = [line for line in result.stderr.splitlines() if "notify_failed" in line]
+    assert "WARNING" in warning and "cannot call the webhook 127.0.0.1:1" in warning
+    assert "hook-pw" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    catalog = Catalog.open(f"sqlite:///{site.root / 'home' / 'catalog.sqlite'}")
+    try:
+        kinds = [
+            e["kind"]
+            for e in catalog.events()
+            if e["production"] and e["kind"].startswith(("night", "notify"))
+        ]
+        failed = [e for e in catalog.events() if e["kind"] == "notify_failed"]
+    finally:
+        catalog.close()
+    assert kinds == ["night_closed", "notify_failed"]
+    assert "closed (complete)" in failed[0]["detail"]["subject"]
+    assert "hook-pw" not in json.dumps(failed[0]["detail"])
+    assert site.status()["closed"]
+
+
 def _night_provenance_is_complete(site: Site, analysis_dir: Path) -> None:
     """The night's PROV-JSON holds every product, the task attempt that made it, and the raw files."""
     document = json.loads((analysis_dir / f"provenance_{NIGHT_DIR}.json").read_text())
