@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from osa_grid.core.metadata import check_metadata
 from osa_grid.core.runsummary import (
     NightRuns,
     RunInfo,
@@ -291,3 +295,44 @@ def test_an_empty_run_summary_is_refused_not_read_as_no_runs(text: str) -> None:
 def test_a_run_summary_with_a_header_only_has_no_runs() -> None:
     assert parse_summary(HEADER, "RunSummary.ecsv") == NightRuns(())
     assert parse_summary("# comment only\n", "NightSummary.txt") == NightRuns(())
+
+
+# Values as a careless or hostile writer makes them: digits of any script, separators, signs, huge numbers.
+FIELD = st.one_of(
+    st.integers(-(10**25), 10**25).map(str),
+    st.text(alphabet=st.sampled_from(list("0123456789_+-.eE ١٨٠٧１２\x00nainf")), max_size=30),
+    st.text(max_size=20).filter(lambda t: "," not in t and "\n" not in t and '"' not in t and "\r" not in t),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(FIELD, FIELD, st.sampled_from(["DATA", "DRS4", "ERROR"])), max_size=4))
+def test_a_summary_yields_ascii_five_digit_runs_or_one_error_naming_file_and_line(
+    rows: list[tuple[str, str, str]],
+) -> None:
+    text = HEADER + "".join(f"{run},{subruns},{kind}\n" for run, subruns, kind in rows)
+    try:
+        runs = parse_summary(text, "RunSummary.ecsv")
+    except BadInput as exc:
+        assert re.match(r"RunSummary\.ecsv:\d+: ", str(exc)), exc
+        return
+    written = {int(run) for run, _, _ in rows}
+    assert {r.run_id for r in runs.runs} | {i.run_id for i in runs.ignored} == written
+    assert all(run.strip().lstrip("+-").isascii() for run, _, _ in rows)
+    assert all(0 <= r.run_id <= 99_999 and 0 <= r.n_subruns <= 10_000 for r in runs.runs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(FIELD, FIELD, FIELD, FIELD), max_size=4))
+def test_a_run_catalog_yields_registrable_sources_or_one_error_naming_file_and_line(
+    rows: list[tuple[str, str, str, str]],
+) -> None:
+    text = CATALOG + "".join(",".join(row) + "\n" for row in rows)
+    try:
+        sources = parse_run_catalog(text, "RunCatalog.ecsv")
+    except BadInput as exc:
+        assert re.match(r"RunCatalog\.ecsv:\d+: ", str(exc)), exc
+        return
+    for run_id, source in sources.items():
+        assert 0 <= run_id <= 99_999
+        check_metadata(source.metadata())  # what the night registers with the run's files
