@@ -51,6 +51,16 @@ class SmtpNotifier:
             raise OsaGridError(f"cannot send e-mail through {self.host}:{self.port}: {exc}") from exc
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A webhook that redirects is an error: following it would send the credentials to another address."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
 class WebhookNotifier:
     """POSTs ``{"subject": ..., "text": ...}`` as JSON to the URL.
 
@@ -67,10 +77,10 @@ class WebhookNotifier:
         if not parts.hostname:
             raise BadInput(f"notify URL {redact_text(url)!r}: expected http(s)://host[:port]/path")
         self.where = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-        self.headers = {"Content-Type": "application/json"}
+        self._headers = {"Content-Type": "application/json"}
         if parts.username is not None:
             user_password = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            self.headers["Authorization"] = "Basic " + base64.b64encode(user_password.encode()).decode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(user_password.encode()).decode()
         self.url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
     def __repr__(self) -> str:
@@ -78,9 +88,9 @@ class WebhookNotifier:
 
     def send(self, subject: str, body: str) -> None:
         payload = json.dumps({"subject": subject, "text": f"{subject}\n{body}"}).encode()
-        request = urllib.request.Request(self.url, data=payload, headers=self.headers, method="POST")
+        request = urllib.request.Request(self.url, data=payload, headers=self._headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with _NO_REDIRECTS.open(request, timeout=10) as response:
                 response.read()
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # Only the host: a webhook URL carries its secret in the path or the query.

@@ -133,3 +133,30 @@ def test_a_webhook_url_with_a_bad_port_is_bad_input() -> None:
     with pytest.raises(BadInput, match="the port is not a number") as bad:
         notifier_from_url("http://osa:hook-pw@127.0.0.1:eighty/x")
     assert "hook-pw" not in str(bad.value)
+
+
+def test_a_webhook_that_redirects_is_an_error_and_the_credentials_stay_home() -> None:
+    target = HTTPServer(("127.0.0.1", 0), AuthHook)
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{target.server_port}/elsewhere")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    redirecting = HTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (target, redirecting):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    before = len(AuthHook.calls)
+    try:
+        with pytest.raises(OsaGridError, match="HTTP Error 307"):
+            notifier_from_url(f"http://osa:p%40ss%3Aword@127.0.0.1:{redirecting.server_port}/h").send(
+                "s", "b"
+            )
+    finally:
+        target.shutdown()
+        redirecting.shutdown()
+    assert len(AuthHook.calls) == before
