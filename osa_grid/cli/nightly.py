@@ -103,7 +103,7 @@ def run(
     with open_workspace(settings) as workspace:
         tonight = _night(workspace, workflow, night, run_summary)
         if not tonight.plan.sequences:
-            console.print(_nothing_to_do(tonight), soft_wrap=True)
+            console.print(_nothing_to_do(tonight), soft_wrap=True, markup=False)  # a path is data
             return
         if simulate_only:
             _print_plan(tonight.plan)
