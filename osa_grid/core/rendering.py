@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from osa_grid.core import templates
+from osa_grid.core import query, templates
 from osa_grid.core.metadata import MetaValue, check_metadata
 from osa_grid.core.models import Output, Resources, Transformation
 from osa_grid.core.planner import FileRecord, common_metadata
-from osa_grid.errors import TemplateError
+from osa_grid.errors import BadInput, TemplateError
 
 # Metadata every output gets, so that analysts and child transformations can tell productions apart.
 AUTOMATIC_KEYS = ("production", "transformation")
@@ -33,13 +33,20 @@ class RenderedTask:
     resources: Resources
 
 
-def render_needs(transformation: Transformation, inputs: Sequence[FileRecord]) -> dict[str, str]:
-    """The side-input queries of a task, rendered with its inputs' common metadata (need name -> query)."""
+def render_needs(transformation: Transformation, inputs: Sequence[FileRecord]) -> dict[str, query.Node]:
+    """The side-input queries of a task (need name -> query), its inputs' common metadata bound as literals.
+
+    A value that cannot be a query value (a NUL, a boolean), or a name the inputs do not share, is a
+    ``BadInput`` naming the need: that task cannot resolve it, whatever the other tasks' values are.
+    """
     shared = common_metadata(inputs)
-    return {
-        name: templates.render(template, shared, f"needs {name}")
-        for name, template in transformation.input.needs.items()
-    }
+    needs: dict[str, query.Node] = {}
+    for name, template in transformation.input.needs.items():
+        try:
+            needs[name] = query.parse_template(template).bind(shared)
+        except BadInput as exc:
+            raise TemplateError(f"needs {name}: {exc}") from exc
+    return needs
 
 
 def render_outputs(

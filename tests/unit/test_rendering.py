@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
@@ -9,10 +10,16 @@ import pytest
 
 from osa_grid.core.models import Resources, Transformation
 from osa_grid.core.planner import FileRecord
+from osa_grid.core.query import Node, to_text
 from osa_grid.core.rendering import render_needs, render_outputs, render_task
 from osa_grid.errors import TemplateError, UnsafeName
 
 NIGHT = date(2024, 1, 2)
+
+
+def need_texts(needs: Mapping[str, Node]) -> dict[str, str]:
+    """Side-input queries as text, to compare with what a reader expects."""
+    return {name: to_text(node) for name, node in needs.items()}
 
 
 def transformation(
@@ -289,7 +296,7 @@ def with_needs(needs: dict[str, str], argv: list[str]) -> Transformation:
 
 def test_needs_are_rendered_with_the_common_metadata() -> None:
     t = with_needs({"calibration": "data_level = CALIB and night = {night}"}, ["prog"])
-    assert render_needs(t, [record(0), record(1)]) == {
+    assert need_texts(render_needs(t, [record(0), record(1)])) == {
         "calibration": "data_level = CALIB and night = 2024-01-02"
     }
 
