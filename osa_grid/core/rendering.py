@@ -89,7 +89,8 @@ def _render_output(
     transformation: str,
 ) -> RenderedOutput:
     file_name = templates.check_file_name(templates.render(output.file_name, names, f"output {output.name}"))
-    directory = templates.render(output.directory, names, f"output {output.name} directory").rstrip("/")
+    directory = templates.render_directory(output.directory, names, f"output {output.name} directory")
+    directory = directory.rstrip("/")
     lfn = templates.check_relative_path(f"{directory}/{file_name}" if directory else file_name)
     if output.inherit == "all":
         inherited = dict(shared)
@@ -104,6 +105,20 @@ def _render_output(
             templates.render(output.metadata_file, names, f"output {output.name} metadata_file")
         )
     return RenderedOutput(output.name, file_name, lfn, check_metadata(metadata), metadata_file, output.verify)
+
+
+def _not_an_option(argument: str, element: str, before: Sequence[str]) -> str:
+    """A whole argument from a value must not read as an option: a value ``-rf`` or ``--help`` is refused.
+
+    ``--key={key}`` is always safe (the value cannot start the argument), and so is an argument after
+    ``--`` (the end of options).
+    """
+    if argument.startswith("-") and "--" not in before:
+        raise TemplateError(
+            f"argument {element} = {argument[:80]!r} starts with '-' and would read as an option: "
+            f"write --option={element}, or put '--' before it in the step's argv"
+        )
+    return argument
 
 
 def render_task(
@@ -144,9 +159,12 @@ def render_task(
     argv: list[str] = []
     for element in transformation.step.argv:
         if element == "{inputs}":
-            argv += list(input_paths)
+            argv += [_not_an_option(path, element, argv) for path in input_paths]
         else:
-            argv.append(templates.render(element, values, "argument"))
+            rendered = templates.render(element, values, "argument")
+            argv.append(
+                _not_an_option(rendered, element, argv) if templates.whole_placeholder(element) else rendered
+            )
     env = {
         key: templates.render(value, values, f"environment {key}")
         for key, value in transformation.step.env.items()

@@ -311,3 +311,38 @@ def test_a_need_without_the_metadata_it_names_cannot_render() -> None:
     t = with_needs({"drive": "kind = drive and night = {night}"}, ["prog"])
     with pytest.raises(TemplateError, match="night"):
         render_needs(t, [record(0, night="x"), record(1)])
+
+
+# ----------------------------------------------------------- values that must stay data (issue 19)
+
+
+@pytest.mark.parametrize("value", ["-rf", "--help", "-", "--output=/etc/passwd"])
+def test_a_value_starting_with_a_dash_is_refused_as_a_whole_argument(value: str) -> None:
+    t = transformation(argv=["prog", "{source}"])
+    with pytest.raises(
+        TemplateError, match=r"argument \{source\} = .* starts with '-' and would read as an option"
+    ):
+        render(t, [record(0, source=value)])
+
+
+@pytest.mark.parametrize("value", ["-rf", "--help", "-5"])
+def test_a_value_starting_with_a_dash_is_fine_inside_an_option_or_after_the_end_of_options(
+    value: str,
+) -> None:
+    t = transformation(argv=["prog", "--source={source}", "--", "{source}"])
+    assert render(t, [record(0, source=value)]).argv == ["prog", f"--source={value}", "--", value]
+
+
+@pytest.mark.parametrize("value", ["a/b", "Crab/../..", "/etc", "a\\b"])
+def test_a_slash_from_a_value_never_adds_a_directory_level(value: str) -> None:
+    outputs = [{"name": "o", "file_name": "f.h5", "directory": "{production}/{source}"}]
+    with pytest.raises(
+        UnsafeName, match=r"\{source\} = .* contains '/' or .*: a value cannot add a directory"
+    ):
+        render_outputs("prod", transformation(outputs=outputs), "tid", [record(0, source=value)])
+
+
+def test_the_templates_own_slashes_make_directory_levels() -> None:
+    outputs = [{"name": "o", "file_name": "f.h5", "directory": "{production}/DL1/{night:%Y/%m}/{source}"}]
+    (output,) = render_outputs("prod", transformation(outputs=outputs), "tid", [record(0, source="Crab")])
+    assert output.lfn == "prod/DL1/2024/01/Crab/f.h5"
