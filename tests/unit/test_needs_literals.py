@@ -8,6 +8,7 @@ no task ran); a need selecting the task's own input crashed every pass with an I
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -207,3 +208,47 @@ def test_a_placeholder_where_no_value_goes_is_refused_on_load(template: str, pro
         {"name": "p", "transformations": [_transformation(template).model_dump(by_alias=True)]}
     )
     assert any(problem in message for _, message in check_production(production))
+
+
+# ------------------------------------------------------------------ values in argv and directories
+
+
+def test_a_value_that_would_be_an_option_or_a_directory_level_vetoes_its_task_only(tmp_path: Path) -> None:
+    production = Production.model_validate(
+        {
+            "name": "q",
+            "transformations": [
+                {
+                    "name": "t",
+                    "input": {"query": "data_level = R0"},
+                    "step": {"argv": [sys.executable, "-c", "pass", "{source}"]},
+                    "outputs": [{"name": "o", "file_name": "o.txt", "directory": "{production}/{source}"}],
+                }
+            ],
+        }
+    )
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    backend = LocalBackend(tmp_path / "state", max_cores=1)
+    try:
+        catalog.save_production("q", definition_of(production), digest_of(production), None)
+        store = LocalStore(tmp_path / "data")
+        files = []
+        for index, source in enumerate(["-rf", "a/b", "Crab"]):
+            (tmp_path / "raw").write_text(source)
+            replica = store.store(tmp_path / "raw", f"R0/{index}")
+            files.append(
+                NewFile(f"R0/{index}", 1, "00000001", {"data_level": "R0", "source": source}, [replica])
+            )
+        catalog.register_files(files)
+        shepherd = Shepherd(catalog, backend, store, production, tmp_path)
+        shepherd.plan(PassReport())
+        shepherd.act(PassReport())
+        tasks = catalog.tasks("q")
+        inputs = catalog.task_inputs([t.task_id for t in tasks])
+        found = {inputs[t.task_id][0].lfn: (t.state, t.error or "") for t in tasks}
+        assert found["R0/2"] == (TaskState.SUBMITTED, ""), found
+        assert found["R0/0"][0] == TaskState.VETOED and "starts with '-'" in found["R0/0"][1]
+        assert found["R0/1"][0] == TaskState.VETOED and "cannot add a directory level" in found["R0/1"][1]
+    finally:
+        backend.close()
+        catalog.close()
