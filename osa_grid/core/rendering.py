@@ -89,8 +89,10 @@ def _render_output(
     transformation: str,
 ) -> RenderedOutput:
     file_name = templates.check_file_name(templates.render(output.file_name, names, f"output {output.name}"))
-    directory = templates.render_directory(output.directory, names, f"output {output.name} directory")
-    directory = directory.rstrip("/")
+    # The template's trailing slash only: an empty value must not silently drop a directory level.
+    directory = templates.render_directory(
+        output.directory.rstrip("/"), names, f"output {output.name} directory"
+    )
     lfn = templates.check_relative_path(f"{directory}/{file_name}" if directory else file_name)
     if output.inherit == "all":
         inherited = dict(shared)
