@@ -36,6 +36,9 @@ Semantics (``osa_grid.catalog.querysql`` compiles the same rules to SQL):
   the catalog resolves it).
 - ``not`` is plain negation: ``not run_id = 5`` matches files without ``run_id``.
 
+A *query template* (``parse_template``, the side inputs of a transformation) has placeholders where values
+go, ``run_id = {drs4_run}``: it is parsed once and ``bind`` puts values in as typed literals, never as text.
+
 ``check_against_catalog`` refuses, with the position of the offending key or value, a key no file has
 and a literal that can never compare with what the key holds (``run_id = DL1`` when run_id is an int).
 """
@@ -630,11 +633,6 @@ class QueryTemplate:
     tokens: tuple[_Token, ...]
     # The query with every placeholder read as the text "x": what checks on load see.
     shape: Node
-
-    @property
-    def names(self) -> set[str]:
-        """The metadata names the placeholders ask for."""
-        return {templates.fields(t.text)[0].name for t in self.tokens if t.kind == "slot"}
 
     def bind(self, values: Mapping[str, object], what: str = "query template") -> Node:
         """The query with each placeholder's value as a typed literal; ``BadInput`` names what cannot be."""
