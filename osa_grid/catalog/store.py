@@ -416,6 +416,11 @@ class Catalog:
             return metadata_rows(conn, ids, keys, as_range=True)
         return [row for chunk in _chunks(ids) for row in metadata_rows(conn, chunk, keys)]
 
+    def newest_match(self, node: querylang.Node) -> int | None:
+        """The id of the newest file matching a query (the last registered), None if none does."""
+        with self.engine.connect() as conn:
+            return conn.scalar(sa.select(sa.func.max(s.files.c.id)).where(self._where(conn, node)))
+
     def count(self, text: str) -> int:
         return self.count_matching(querylang.parse(text))
 
