@@ -16,7 +16,7 @@ from rich.live import Live
 
 from osa_grid import __version__
 from osa_grid.catalog.staging import stuck_inputs
-from osa_grid.cli.common import console, handle_errors, settings_of
+from osa_grid.cli.common import console, errors, handle_errors, settings_of
 from osa_grid.cli.views import failures_table, production_table, stuck_staging_table
 from osa_grid.core.metadata import parse_literal
 from osa_grid.core.models import Production
@@ -25,7 +25,7 @@ from osa_grid.core.states import CANCEL, RETRY, UNFINISHED, OperatorAction, Task
 from osa_grid.core.validation import topological_order
 from osa_grid.errors import BadInput
 from osa_grid.logs import configure
-from osa_grid.services.files import register_paths
+from osa_grid.services.files import describe_paths, register_unless_unchanged
 from osa_grid.services.productions import (
     change_states,
     definition_of,
@@ -35,6 +35,7 @@ from osa_grid.services.productions import (
 )
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
 from osa_grid.services.workspace import Workspace, open_workspace
+from osa_grid.system import interrupts_deferred
 
 # Commands defined in modules of their own, imported only when one of them is run or the help lists
 # them: a command does not pay for the imports of the others (campaign, nightly, query... each pull in
@@ -366,11 +367,29 @@ def files_register(
     ] = None,
     lfn_prefix: Annotated[str, typer.Option(help="LFN = prefix/file name")] = "",
 ) -> None:
-    """Add existing files with their metadata to the catalog (all or nothing)."""
+    """Add existing files with their metadata to the catalog (all or nothing).
+
+    Files registered already with the same size, adler32 and metadata are skipped, so running the
+    command again does nothing; one registered with other content is an error, and nothing is registered.
+    """
     metadata = dict(_key_value(item) for item in meta or [])
+    try:
+        new_files = describe_paths(paths, metadata, pattern, lfn_prefix)
+    except KeyboardInterrupt:
+        errors.print("interrupted while reading the files: nothing was registered")
+        raise typer.Exit(130) from None
     with open_workspace(settings_of(ctx)) as workspace:
-        lfns = register_paths(workspace.catalog, paths, metadata, pattern, lfn_prefix)
-    console.print(f"registered {len(lfns)} file(s)")
+        catalog = workspace.catalog  # opened first: Ctrl-C stops a connection that hangs
+        # Ctrl-C waits for the commit and its report: the message then says what the catalog holds.
+        with interrupts_deferred() as interrupt:
+            done = register_unless_unchanged(catalog, new_files)
+            unchanged = (
+                f"; {len(done.unchanged)} already registered with the same content" if done.unchanged else ""
+            )
+            console.print(f"registered {len(done.registered)} file(s){unchanged}")
+    if interrupt.received:
+        errors.print("interrupted: the registration was completed first (running it again does nothing)")
+        raise typer.Exit(130)
 
 
 @files_app.command("show")
