@@ -116,7 +116,7 @@ def test_an_outage_is_recorded_alerted_once_after_alert_after_and_its_end_notice
     assert records.outages(catalog) == []
     assert kinds(catalog)[-1] == "service_outage_over"
     assert notifier.sent[-1][0] == "osa-grid: rucio reached again"
-    over = [e for e in catalog.events() if e["kind"] == "service_outage_over"][0]["detail"]
+    over = next(e for e in catalog.events() if e["kind"] == "service_outage_over")["detail"]
     assert over["down_seconds"] == 900 + 5 * 3600 + 10 and over["alerted"] is True
 
     # The next outage is a new one: its own start, its own alert.
