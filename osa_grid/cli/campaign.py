@@ -168,7 +168,7 @@ def _run(ctx: typer.Context, name: str, once: bool, live: bool) -> None:
         else:
             outcome = campaigns.run(workspace, name, once)
         state = campaigns.progress(workspace.catalog, name)
-    console.print(progress_view(state))
+    console.print(Group(*_outages_view([state]), progress_view(state)))
     if outcome.status == "stopped":
         console.print(f"campaign {name} stopped; `osa-grid campaign resume {name}` carries it on.")
     elif outcome.status == "active" and state.remaining:

@@ -92,15 +92,17 @@ class OutageWatch:
         ended = records.end_outage(self.catalog, health.service, now, self.noticed_by)
         if ended is None:
             return
+        alerted = ended.alerted_at is not None
+        # The client says at once that it is back; the warning is for an outage the operator was told of.
         event(
             log,
             "service_outage_over",
-            logging.WARNING,
+            logging.WARNING if alerted else logging.INFO,
             service=ended.service,
             url=ended.url,
             down_seconds=round(ended.lasted(now).total_seconds()),
         )
-        if ended.alerted_at is not None:  # the operator was told it was down: tell them it is back
+        if alerted:  # the operator was told it was down: tell them it is back
             self._notify(ended, *recovery_message(ended, now))
 
     def _notify(self, outage: Outage, subject: str, body: str) -> None:

@@ -1,8 +1,8 @@
-"""A Rucio server that does not answer for long: the operator is told once, status shows it, nothing is lost.
+"""Rucio or DiracX not answering for long: the operator is told once, status shows it, nothing is lost.
 
-The shepherd is given a Rucio URL on a closed port of 127.0.0.1 (a server that is down), with
-``rucio_outage_alert_after`` small; then the real server of scripts/rucio/start.sh, and the outage ends.
-Notifications go to a webhook served by the test.
+The shepherd is given a service URL on a closed port of 127.0.0.1 (a server that is down), with
+``*_outage_alert_after`` small; then the real server (scripts/rucio/start.sh, scripts/dirac/start.sh), and
+the outage ends. Notifications go to a webhook served by the test.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from osa_grid.catalog import outages as records
 from osa_grid.catalog.store import Catalog
 from osa_grid.data.rucio import RucioStore
 from tests.integration.rucio_server import ensure_server, night_on_tape, token
+from tests.integration.test_campaign_cli import EXPECTED, add_nights, done, status, write_campaign
+from tests.integration.test_campaign_dirac import CampaignDiracWorld
+from tests.integration.test_dirac_backend import dirac_env as dirac_env  # the fixture
 from tests.integration.toyworld import OSA_GRID, ToyWorld, toy_production
 
 pytestmark = pytest.mark.integration
@@ -172,3 +175,69 @@ def test_rucio_down_is_alerted_once_shown_by_status_and_its_end_noticed(
     assert [n["subject"] for n in received][1:] == ["osa-grid: rucio reached again"]
     status = world.osa_grid("status")
     assert "services not reached" not in status.stdout
+
+
+def test_dirac_down_for_a_campaign_is_alerted_shown_by_campaign_status_and_its_end_noticed(
+    tmp_path: Path, dirac_env: dict[str, str], webhook: tuple[str, list[dict[str, str]]]
+) -> None:
+    hook_url, received = webhook
+    world = CampaignDiracWorld(tmp_path, dirac_env)
+    add_nights(world)
+    name = world.production
+    path = write_campaign(world, name=name, limits={"max_jobs_in_flight": 4})
+    down = f"http://127.0.0.1:{_closed_port()}"
+    alerts = {"OSA_GRID_DIRAC_OUTAGE_ALERT_AFTER": "1", "OSA_GRID_NOTIFY": hook_url}
+    shepherd = subprocess.Popen(
+        [*OSA_GRID, "campaign", "submit", str(path), "--backend", "dirac", "--no-live"],
+        env={**world.env(), **alerts, "OSA_GRID_DIRAC_URL": down},
+        cwd=world.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_event(world, "service_outage_alert", shepherd, timeout=120)
+        shown = status(world, name)["service_outages"]
+        assert [(o["service"], o["url"]) for o in shown] == [("dirac", down)]
+        assert "DiracX does not answer" in shown[0]["last_error"] and shown[0]["alerted_at"]
+        table = world.osa_grid("campaign", "status", name)
+        assert table.returncode == 0 and "services not reached" in table.stdout, table.stderr
+        stopped = world.osa_grid("campaign", "stop", name)
+        assert stopped.returncode == 0, stopped.stderr
+        _, err = shepherd.communicate(timeout=120)
+    finally:
+        if shepherd.poll() is None:
+            shepherd.kill()
+            shepherd.communicate()
+    assert shepherd.returncode == 0, err
+    assert err.count("service_outage_alert") == 1 and "Traceback" not in err, err
+    waited = status(world, name)
+    assert waited["failures"] == [] and done(waited) == 0  # waited out: nothing failed, nothing ran
+    assert len(received) == 1 and received[0]["subject"].startswith("osa-grid: dirac not reached for")
+
+    # The real server: the campaign resumes, the outage ends with a notice, every task is done.
+    world.start_pilot()
+    try:
+        resumed = subprocess.run(
+            [*OSA_GRID, "campaign", "resume", name, "--no-live"],
+            env={**world.env(), **alerts},
+            cwd=world.root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        world.stop_pilots()
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    finished = status(world, name)
+    assert finished["service_outages"] == [] and finished["status"] == "done"
+    assert {s["name"]: s["counts"] for s in finished["steps"]} == {
+        k: {"done": n} for k, n in EXPECTED.items()
+    }
+    assert [n["subject"] for n in received][1:] == ["osa-grid: dirac reached again"]
+    catalog = world.catalog()
+    try:
+        [over] = _events(catalog, "service_outage_over")
+        assert over["detail"]["service"] == "dirac" and over["detail"]["alerted"] is True  # type: ignore[index]
+    finally:
+        catalog.close()
