@@ -31,10 +31,11 @@ def _register(paths: list[Path], url: str, home: Path) -> subprocess.Popen[str]:
 
 
 def _wait_until_blocked_on_the_lock(engine: sa.Engine, process: subprocess.Popen[str]) -> None:
+    # This database's registration lock only: other tests share the server.
     waiting = sa.text(
-        "SELECT count(*) FROM pg_locks"
-        " WHERE locktype = 'advisory' AND NOT granted AND pid <> pg_backend_pid()"
-    )
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = :key"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).bindparams(key=_REGISTRATION_LOCK)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()

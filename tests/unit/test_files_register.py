@@ -60,6 +60,7 @@ def test_the_block_runs_unprotected_outside_the_main_thread() -> None:
     import threading
 
     seen: list[bool] = []
+    handler = signal.getsignal(signal.SIGINT)
 
     def body() -> None:
         with interrupts_deferred() as interrupt:
@@ -69,7 +70,7 @@ def test_the_block_runs_unprotected_outside_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert seen == [False]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def _interrupting(original: Callable[..., Any], before: bool) -> Callable[..., Any]:
