@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from osa_grid.core.outages import DIRAC, RUCIO
 from osa_grid.errors import BadInput
 
 CONFIG_FILE_NAME = "osa-grid.toml"
@@ -90,7 +91,7 @@ class Settings(BaseSettings):
     @property
     def outage_alert_after(self) -> dict[str, float]:
         """Per watched service (osa_grid.core.outages): seconds unreached before the operator is told."""
-        return {"rucio": self.rucio_outage_alert_after, "dirac": self.dirac_outage_alert_after}
+        return {RUCIO: self.rucio_outage_alert_after, DIRAC: self.dirac_outage_alert_after}
 
     @property
     def data_directory(self) -> Path:

@@ -101,8 +101,8 @@ class DiracBackend(DetachedJobs):
         self._logs_done: set[str] = set()
         self._closed: set[str] = set()  # job ids whose pending file is gone
         self._down_since: float | None = None
-        self.health = ServiceHealth(DIRAC, self.session.url or "DiracX (DIRACX_URL)")
         self._down_reminded = 0.0
+        self.health = ServiceHealth(DIRAC, self.session.url or "DiracX (DIRACX_URL)")
         self._prune()
 
     # -- the Backend protocol -----------------------------------------------------------------
