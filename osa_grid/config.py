@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from osa_grid.core.outages import DIRAC, RUCIO
 from osa_grid.errors import BadInput
 
 CONFIG_FILE_NAME = "osa-grid.toml"
@@ -56,6 +57,8 @@ class Settings(BaseSettings):
     rucio_output_rse: str = "LST_DL3"
     rucio_output_levels: list[str] = Field(default_factory=lambda: ["DL3"])  # uploaded to rucio_output_rse
     rucio_stage_lifetime: int = Field(7 * 86400, ge=60)  # seconds a staging rule lives unless released
+    # Seconds a service may stay unreached before the operator is told (once per outage; docs/rucio.md).
+    rucio_outage_alert_after: float = Field(900.0, ge=0)
     staging_window_files: int = Field(1000, ge=1)  # files staged and not yet released, at most
     staging_window_bytes: int = Field(10 * 1000**4, ge=1)
     # The DIRAC backend (docs/dirac.md); unset URL/credentials: DIRACX_URL / DIRACX_CREDENTIALS_PATH.
@@ -65,6 +68,7 @@ class Settings(BaseSettings):
     dirac_max_jobs: int = Field(2000, ge=1)  # jobs queued or running at once
     dirac_poll_seconds: float = Field(5.0, ge=0)  # at most one search per JobGroup per this many seconds
     dirac_lost_after_seconds: float = Field(300.0, ge=0)  # a job DiracX does not know this long: lost
+    dirac_outage_alert_after: float = Field(900.0, ge=0)  # seconds unreached before the operator is told
 
     @field_validator(
         "home",
@@ -83,6 +87,11 @@ class Settings(BaseSettings):
     @property
     def catalog(self) -> str:
         return self.catalog_url or f"sqlite:///{(self.home / 'catalog.sqlite').resolve()}"
+
+    @property
+    def outage_alert_after(self) -> dict[str, float]:
+        """Per watched service (osa_grid.core.outages): seconds unreached before the operator is told."""
+        return {RUCIO: self.rucio_outage_alert_after, DIRAC: self.dirac_outage_alert_after}
 
     @property
     def data_directory(self) -> Path:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -57,3 +63,34 @@ def total_memory_gb() -> float | None:
     except OSError:
         return None
     return None
+
+
+@dataclass
+class DeferredInterrupt:
+    """Whether a SIGINT (Ctrl-C) arrived while it was deferred."""
+
+    received: bool = False
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[DeferredInterrupt]:
+    """Ctrl-C is recorded, not raised, while the block runs; the caller reads ``received`` after it.
+
+    For a commit whose outcome must be known: a KeyboardInterrupt raised inside it (or just after it,
+    before the result is reported) leaves the user unable to tell whether it went through. Python installs
+    signal handlers only in the main thread; elsewhere the block runs unprotected.
+    """
+    deferred = DeferredInterrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield deferred
+        return
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        deferred.received = True
+
+    previous = signal.signal(signal.SIGINT, record)
+    try:
+        yield deferred
+    finally:
+        # None: the handler was not set from Python; Python's own one is what raises KeyboardInterrupt.
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)

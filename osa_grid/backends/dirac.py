@@ -47,9 +47,10 @@ from osa_grid.backends.dirac_jdl import (
 )
 from osa_grid.backends.slurm_runner import Element
 from osa_grid.config import Settings
+from osa_grid.core.outages import DIRAC
 from osa_grid.errors import BackendError, BackendNotReached, BackendUnavailable, BadInput
 from osa_grid.logs import event, get_logger
-from osa_grid.ports import Capabilities, JobSpec, JobState, JobStatus
+from osa_grid.ports import Capabilities, JobSpec, JobState, JobStatus, ServiceHealth
 
 log = get_logger("dirac")
 
@@ -101,6 +102,7 @@ class DiracBackend(DetachedJobs):
         self._closed: set[str] = set()  # job ids whose pending file is gone
         self._down_since: float | None = None
         self._down_reminded = 0.0
+        self.health = ServiceHealth(DIRAC, self.session.url or "DiracX (DIRACX_URL)")
         self._prune()
 
     # -- the Backend protocol -----------------------------------------------------------------
@@ -266,6 +268,7 @@ class DiracBackend(DetachedJobs):
     # -- server outages --------------------------------------------------------------------------------
 
     def _server_down(self, exc: BackendError) -> None:
+        self.health.not_reached(str(exc))
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = self._down_reminded = now
@@ -282,6 +285,7 @@ class DiracBackend(DetachedJobs):
             event(log, "dirac_server_still_down", level=30, seconds=round(now - self._down_since), error=exc)
 
     def _server_up(self) -> None:
+        self.health.answered()
         if self._down_since is not None:
             seconds = round(time.monotonic() - self._down_since)
             self._down_since = None

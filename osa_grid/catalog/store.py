@@ -29,7 +29,7 @@ from osa_grid.core import query as querylang
 from osa_grid.core.metadata import MetaValue
 from osa_grid.core.planner import FileRecord, PlannedTask
 from osa_grid.core.states import ACTIVE, UNFINISHED, TaskState, check_transition
-from osa_grid.errors import BadInput, CatalogError, LeaseHeld, UnknownProduction
+from osa_grid.errors import AlreadyRegistered, BadInput, CatalogError, LeaseHeld, UnknownProduction
 from osa_grid.ports import NewFile, Replica
 
 INPUT_ROLE = "input"
@@ -302,8 +302,7 @@ class Catalog:
             existing = self._existing_lfns(conn, [row[1] for row in rows])
             if not existing:
                 raise CatalogError(f"registering {len(rows)} file(s) failed: {exc}") from exc
-            shown = ", ".join(sorted(existing)[:5])
-            raise BadInput(f"{len(existing)} file(s) are already registered: {shown}") from None
+            raise AlreadyRegistered(existing) from None
 
     def known_lfns(self, lfns: Sequence[str]) -> set[str]:
         """Which of these LFNs are registered already."""

@@ -113,7 +113,12 @@ def run(
             if not counts:
                 console.print("would launch nothing now (no raw data yet)")
             return
-        options = NightlyOptions(once=once, poll_interval=poll, deadline=_deadline(deadline))
+        options = NightlyOptions(
+            once=once,
+            poll_interval=poll,
+            deadline=_deadline(deadline),
+            outage_alert_after=settings.outage_alert_after,
+        )
         shepherd = NightlyShepherd(
             tonight,
             workspace.backend(backend),

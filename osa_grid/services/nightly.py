@@ -10,7 +10,8 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from osa_grid.ports import Backend, DataManager
 from osa_grid.services.files import describe_path
 from osa_grid.services.nightweb import render_page, write_page
 from osa_grid.services.notify import Notifier
+from osa_grid.services.outages import default_alert_after
 from osa_grid.services.productions import definition_of, digest_of
 from osa_grid.services.provenance import production_prov_json
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
@@ -332,6 +334,8 @@ class NightlyOptions:
     once: bool = False
     poll_interval: float = 30.0
     deadline: datetime | None = None
+    # Per remote service: seconds unreached before the operator is told (Settings.outage_alert_after).
+    outage_alert_after: Mapping[str, float] = field(default_factory=default_alert_after)
 
 
 class NightlyShepherd:
@@ -356,7 +360,10 @@ class NightlyShepherd:
             data,
             night.production,
             work_root,
-            ShepherdOptions(poll_interval=options.poll_interval),
+            ShepherdOptions(
+                poll_interval=options.poll_interval, outage_alert_after=options.outage_alert_after
+            ),
+            notifier=notifier,
         )
 
     def run(self) -> NightReport:

@@ -15,7 +15,7 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,7 +53,9 @@ from osa_grid.errors import (
     StorageError,
 )
 from osa_grid.logs import event, get_logger
-from osa_grid.ports import Backend, DataManager, JobSpec, JobState, JobStatus, NewFile
+from osa_grid.ports import Backend, DataManager, JobSpec, JobState, JobStatus, NewFile, WatchedService
+from osa_grid.services.notify import Notifier
+from osa_grid.services.outages import OutageWatch, default_alert_after
 from osa_grid.services.staging import Stager
 from osa_grid.system import identity_is_alive, identity_is_dead, process_identity
 
@@ -94,6 +96,8 @@ class ShepherdOptions:
     max_in_flight: int | None = None
     # Delete what a finished task leaves in its work directory (but its logs) once its products are stored.
     clean_workdirs: bool = False
+    # Per remote service (rucio, dirac): seconds unreached before the operator is told (Settings).
+    outage_alert_after: Mapping[str, float] = field(default_factory=default_alert_after)
 
 
 @dataclass
@@ -136,6 +140,7 @@ class Shepherd:
         work_root: Path,
         options: ShepherdOptions | None = None,
         on_pass: Callable[[PassReport], None] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.catalog = catalog
         self.backend = backend
@@ -159,6 +164,10 @@ class Shepherd:
         # The data service's outage (its message) while it lasts: reported once, waited out, not a failure.
         self._outage: str | None = None
         self._down_this_pass = False
+        # Outages of Rucio / DiracX as their clients saw them: recorded, alerted after a while, ended.
+        self.outages = OutageWatch(
+            catalog, self.options.outage_alert_after, notifier, noticed_by=production.name
+        )
 
     # ------------------------------------------------------------------ loop
     def run(self) -> PassReport:
@@ -232,6 +241,7 @@ class Shepherd:
         if self._outage is not None and not self._down_this_pass:
             event(log, "data_service_back", logging.WARNING, production=self.production.name)
             self._outage = None
+        self._watch_services()
         if self.on_pass is not None:
             report.counts = self.catalog.task_counts(self.production.name)
             self.on_pass(report)
@@ -239,6 +249,11 @@ class Shepherd:
             # What the loop needs; counting the finished tasks too would make a pass grow with history.
             report.counts = self.catalog.unfinished_counts(self.production.name)
         return report
+
+    def _watch_services(self) -> None:
+        for component in (self.data, self.backend):
+            if isinstance(component, WatchedService):
+                self.outages.observe(component.health)
 
     def _data_unavailable(self, exc: DataServiceUnavailable) -> None:
         """One message when the outage starts, none while it lasts; passes go on and retry."""
