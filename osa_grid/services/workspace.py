@@ -65,7 +65,11 @@ class Workspace:
 
 def _private_home(home: Path) -> None:
     """Make the home if missing (0700), or warn when others may enter the existing one."""
-    if private_directory(home):
+    try:
+        still_open = private_directory(home)
+    except OSError:
+        return  # a command that only reads needs no home; one that writes there says why it cannot
+    if still_open:
         event(
             log,
             "home_not_private",
