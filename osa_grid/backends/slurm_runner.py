@@ -119,10 +119,9 @@ def _redirect(stdout: Path, stderr: Path) -> None:
     stderr.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    out = os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    err = (
-        out if stderr == stdout else os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    out = os.open(stdout, flags, PRIVATE_FILE_MODE)
+    err = out if stderr == stdout else os.open(stderr, flags, PRIVATE_FILE_MODE)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out, 1)
