@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from osa_grid.core.outages import DIRAC, RUCIO
+from osa_grid.core.stepenv import check_names
 from osa_grid.errors import BadInput
 
 CONFIG_FILE_NAME = "osa-grid.toml"
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     # How operators are told: "log", "smtp://host:port?to=a@site", or an http(s):// webhook URL.
     notify: str = "log"
     lease_seconds: float = Field(120.0, gt=0)
+    # Variables every step takes from the environment where it runs, beyond the safe base of core/stepenv.py
+    # (exact names, or NAME* patterns): what this site's jobs need, e.g. ["http_proxy", "https_proxy"].
+    step_env_passthrough: list[str] = Field(default_factory=list)
     # The SLURM backend (docs/slurm.md). slurm_conf is given to sbatch/squeue/sacct/scancel as SLURM_CONF.
     slurm_conf: Path | None = None
     slurm_bin_dir: Path | None = None
@@ -83,6 +87,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()
+
+    @field_validator("step_env_passthrough")
+    @classmethod
+    def _passthrough_names(cls, names: list[str]) -> list[str]:
+        return check_names(names)
 
     @property
     def catalog(self) -> str:

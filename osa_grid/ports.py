@@ -22,7 +22,7 @@ class JobSpec:
 
     task_id: str
     argv: Sequence[str]
-    env: Mapping[str, str]
+    env: Mapping[str, str]  # the step's declared environment, on top of the safe base (core/stepenv.py)
     workdir: Path
     stdout: Path
     stderr: Path
@@ -34,6 +34,8 @@ class JobSpec:
     container: str | None = None
     # The input files' LFNs (a grid job's InputData).
     input_lfns: Sequence[str] = ()
+    # Names (or NAME* patterns) the step takes from the environment where it runs, beyond the safe base.
+    inherit: Sequence[str] = ()
 
 
 class JobState(StrEnum):

@@ -699,6 +699,7 @@ class Shepherd:
             software=transformation.step.pins,
             container=transformation.step.container,
             input_lfns=[f.lfn for f in inputs],
+            inherit=transformation.step.inherit,
         )
 
     def _render(
