@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from osa_grid.core.outages import DIRAC, RUCIO
+from osa_grid.core.stepenv import check_names
 from osa_grid.errors import BadInput
 
 CONFIG_FILE_NAME = "osa-grid.toml"
@@ -33,6 +35,9 @@ class Settings(BaseSettings):
     # How operators are told: "log", "smtp://host:port?to=a@site", or an http(s):// webhook URL.
     notify: str = "log"
     lease_seconds: float = Field(120.0, gt=0)
+    # Variables every step takes from the environment where it runs, beyond the safe base of core/stepenv.py
+    # (exact names, or NAME* patterns): what this site's jobs need, e.g. ["http_proxy", "https_proxy"].
+    step_env_passthrough: list[str] = Field(default_factory=list)
     # The SLURM backend (docs/slurm.md). slurm_conf is given to sbatch/squeue/sacct/scancel as SLURM_CONF.
     slurm_conf: Path | None = None
     slurm_bin_dir: Path | None = None
@@ -56,6 +61,8 @@ class Settings(BaseSettings):
     rucio_output_rse: str = "LST_DL3"
     rucio_output_levels: list[str] = Field(default_factory=lambda: ["DL3"])  # uploaded to rucio_output_rse
     rucio_stage_lifetime: int = Field(7 * 86400, ge=60)  # seconds a staging rule lives unless released
+    # Seconds a service may stay unreached before the operator is told (once per outage; docs/rucio.md).
+    rucio_outage_alert_after: float = Field(900.0, ge=0)
     staging_window_files: int = Field(1000, ge=1)  # files staged and not yet released, at most
     staging_window_bytes: int = Field(10 * 1000**4, ge=1)
     # The DIRAC backend (docs/dirac.md); unset URL/credentials: DIRACX_URL / DIRACX_CREDENTIALS_PATH.
@@ -65,6 +72,7 @@ class Settings(BaseSettings):
     dirac_max_jobs: int = Field(2000, ge=1)  # jobs queued or running at once
     dirac_poll_seconds: float = Field(5.0, ge=0)  # at most one search per JobGroup per this many seconds
     dirac_lost_after_seconds: float = Field(300.0, ge=0)  # a job DiracX does not know this long: lost
+    dirac_outage_alert_after: float = Field(900.0, ge=0)  # seconds unreached before the operator is told
 
     @field_validator(
         "home",
@@ -80,9 +88,19 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()
 
+    @field_validator("step_env_passthrough")
+    @classmethod
+    def _passthrough_names(cls, names: list[str]) -> list[str]:
+        return check_names(names)
+
     @property
     def catalog(self) -> str:
         return self.catalog_url or f"sqlite:///{(self.home / 'catalog.sqlite').resolve()}"
+
+    @property
+    def outage_alert_after(self) -> dict[str, float]:
+        """Per watched service (osa_grid.core.outages): seconds unreached before the operator is told."""
+        return {RUCIO: self.rucio_outage_alert_after, DIRAC: self.dirac_outage_alert_after}
 
     @property
     def data_directory(self) -> Path:

@@ -50,6 +50,15 @@ class InputFileMissing(BadInput):
     """A file given to register or process does not exist."""
 
 
+class AlreadyRegistered(BadInput):
+    """Files of a registration whose LFNs the catalog holds already; ``lfns`` names every one of them."""
+
+    def __init__(self, lfns: set[str]) -> None:
+        self.lfns = frozenset(lfns)
+        shown = ", ".join(sorted(lfns)[:5])
+        super().__init__(f"{len(lfns)} file(s) are already registered: {shown}")
+
+
 class UnknownProduction(BadInput):
     """A production name that the catalog does not know."""
 

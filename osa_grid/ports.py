@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from osa_grid.core.models import Resources
 
@@ -22,7 +22,7 @@ class JobSpec:
 
     task_id: str
     argv: Sequence[str]
-    env: Mapping[str, str]
+    env: Mapping[str, str]  # the step's declared environment, on top of the safe base (core/stepenv.py)
     workdir: Path
     stdout: Path
     stderr: Path
@@ -34,6 +34,8 @@ class JobSpec:
     container: str | None = None
     # The input files' LFNs (a grid job's InputData).
     input_lfns: Sequence[str] = ()
+    # Names (or NAME* patterns) the step takes from the environment where it runs, beyond the safe base.
+    inherit: Sequence[str] = ()
 
 
 class JobState(StrEnum):
@@ -62,6 +64,36 @@ class Capabilities:
     arrays: bool = False
     dependencies: bool = False
     shared_filesystem: bool = True
+
+
+class ServiceHealth:
+    """What a client of a remote service (Rucio, DiracX) saw at its last call: reached or not, and why.
+
+    Kept in memory by the client, updated at every call; the shepherd reads it after each pass to keep the
+    catalog's record of outages (``osa_grid.services.outages``). ``calls`` tells a new answer from an old one.
+    """
+
+    def __init__(self, service: str, url: str) -> None:
+        self.service = service
+        self.url = url
+        self.reached: bool | None = None  # None: not asked yet
+        self.error = ""
+        self.calls = 0
+
+    def answered(self) -> None:
+        self.reached, self.error = True, ""
+        self.calls += 1
+
+    def not_reached(self, error: str) -> None:
+        self.reached, self.error = False, error
+        self.calls += 1
+
+
+@runtime_checkable
+class WatchedService(Protocol):
+    """A backend or data manager that depends on a remote service and reports whether it reaches it."""
+
+    health: ServiceHealth
 
 
 class Backend(Protocol):

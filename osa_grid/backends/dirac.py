@@ -47,9 +47,11 @@ from osa_grid.backends.dirac_jdl import (
 )
 from osa_grid.backends.slurm_runner import Element
 from osa_grid.config import Settings
+from osa_grid.core.outages import DIRAC
 from osa_grid.errors import BackendError, BackendNotReached, BackendUnavailable, BadInput
 from osa_grid.logs import event, get_logger
-from osa_grid.ports import Capabilities, JobSpec, JobState, JobStatus
+from osa_grid.ports import Capabilities, JobSpec, JobState, JobStatus, ServiceHealth
+from osa_grid.system import PRIVATE_FILE_MODE, private_directory, write_private_file
 
 log = get_logger("dirac")
 
@@ -84,14 +86,19 @@ class DiracBackend(DetachedJobs):
         lost_after_seconds: float = 300.0,
         python: str | None = None,
         session: DiracSession | None = None,
+        passthrough: Sequence[str] = (),
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH or max_jobs < 1:
             raise BadInput(f"dirac: batch_size must be 1-{MAX_BATCH} and max_jobs positive")
         self.state_dir = Path(state_dir)
         self.jobs_dir = self.state_dir / "jobs"
         self.pending_dir = self.state_dir / "pending"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.pending_dir.mkdir(parents=True, exist_ok=True)
+        # Descriptions hold every task's argv and environment: this user's only (the site's pilot runs as it).
+        private_directory(self.state_dir)
+        for directory in (self.jobs_dir, self.pending_dir):
+            private_directory(directory, tighten=True)
+        # What every job takes from its node's environment beyond the safe base (settings).
+        self.passthrough = tuple(passthrough)
         self.batch_size = batch_size
         self._start_tracking(max_jobs, poll_seconds, lost_after_seconds)
         self.python = python or sys.executable
@@ -101,6 +108,7 @@ class DiracBackend(DetachedJobs):
         self._closed: set[str] = set()  # job ids whose pending file is gone
         self._down_since: float | None = None
         self._down_reminded = 0.0
+        self.health = ServiceHealth(DIRAC, self.session.url or "DiracX (DIRACX_URL)")
         self._prune()
 
     # -- the Backend protocol -----------------------------------------------------------------
@@ -223,6 +231,7 @@ class DiracBackend(DetachedJobs):
             workdir=str(spec.workdir),
             stdout=str(spec.stdout),
             stderr=str(spec.stderr),
+            inherit=[*self.passthrough, *spec.inherit],
         )
         return {
             "version": DESCRIPTION_VERSION,
@@ -266,6 +275,7 @@ class DiracBackend(DetachedJobs):
     # -- server outages --------------------------------------------------------------------------------
 
     def _server_down(self, exc: BackendError) -> None:
+        self.health.not_reached(str(exc))
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = self._down_reminded = now
@@ -282,6 +292,7 @@ class DiracBackend(DetachedJobs):
             event(log, "dirac_server_still_down", level=30, seconds=round(now - self._down_since), error=exc)
 
     def _server_up(self) -> None:
+        self.health.answered()
         if self._down_since is not None:
             seconds = round(time.monotonic() - self._down_since)
             self._down_since = None
@@ -348,7 +359,7 @@ class DiracBackend(DetachedJobs):
             if name in files:
                 path = Path(target)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(files[name])
+                _write_log(path, files[name])
         if status.state == JobState.FAILED and "stderr.log" in files:
             tail = files["stderr.log"].decode(errors="replace").strip().splitlines()[-3:]
             if tail:
@@ -403,9 +414,14 @@ class DiracBackend(DetachedJobs):
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(temporary, path)  # the pilot never reads half a description
+    write_private_file(path, json.dumps(data, separators=(",", ":")))  # the pilot never reads half of it
+
+
+def _write_log(path: Path, content: bytes) -> None:
+    """A task's log from its output sandbox, this user's only like the logs of the other backends."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(content)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -433,6 +449,7 @@ def from_settings(settings: Settings) -> DiracBackend:
         max_jobs=settings.dirac_max_jobs,
         poll_seconds=settings.dirac_poll_seconds,
         lost_after_seconds=settings.dirac_lost_after_seconds,
+        passthrough=settings.step_env_passthrough,
     )
 
 

@@ -42,8 +42,10 @@ from pathlib import Path
 from types import TracebackType
 
 from osa_grid.config import Settings
+from osa_grid.core.stepenv import step_environment
 from osa_grid.errors import BackendError, BadInput
 from osa_grid.ports import Capabilities, JobSpec, JobState, JobStatus
+from osa_grid.system import PRIVATE_FILE_MODE, private_directory
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,7 @@ class LocalBackend:
         max_memory_gb: float | None = None,
         kill_grace_seconds: float = 5.0,
         queue_depth: int | None = None,
+        passthrough: Sequence[str] = (),
     ) -> None:
         self.max_cores = max_cores if max_cores is not None else os.cpu_count() or 1
         # Jobs accepted beyond the running ones: a core that frees starts the next job at once, and the
@@ -144,8 +147,10 @@ class LocalBackend:
         if self.queue_depth < 0:
             raise BadInput("the local backend's queue depth cannot be negative")
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(self.state_dir)
         self.kill_grace_seconds = kill_grace_seconds
+        # What every job takes from this process's environment beyond the safe base (settings).
+        self.passthrough = tuple(passthrough)
         self._seq = 0
         # Everything below is shared with the launcher thread and guarded by this lock.
         self._lock = threading.Lock()
@@ -373,7 +378,7 @@ class LocalBackend:
         try:
             popen = subprocess.Popen(
                 list(spec.argv),
-                env=os.environ | dict(spec.env),
+                env=step_environment(os.environ, spec.env, (*self.passthrough, *spec.inherit)),
                 cwd=spec.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
@@ -557,7 +562,8 @@ class _Journal:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / f"{os.getpid()}-{secrets.token_hex(4)}{JOURNAL_SUFFIX}"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, PRIVATE_FILE_MODE)
         self._append(f"owner {os.getpid()} {_ticks_text(os.getpid())}")
 
     def started(self, job_id: str, pid: int) -> None:
@@ -688,10 +694,10 @@ def _open_logs(spec: JobSpec) -> tuple[int, int]:
 def _create(path: Path) -> int:
     """Create or truncate the file; its directory is made only when missing (the shepherd makes it)."""
     try:
-        return os.open(path, _LOG_FLAGS, 0o644)
+        return os.open(path, _LOG_FLAGS, PRIVATE_FILE_MODE)
     except FileNotFoundError:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, _LOG_FLAGS, 0o644)
+        return os.open(path, _LOG_FLAGS, PRIVATE_FILE_MODE)
 
 
 def _command(spec: JobSpec) -> str:
@@ -757,4 +763,5 @@ def from_settings(settings: Settings) -> LocalBackend:
         state_dir=settings.work_directory / ".local-backend",
         max_cores=settings.max_cores,
         max_memory_gb=settings.max_memory_gb,
+        passthrough=settings.step_env_passthrough,
     )

@@ -57,9 +57,11 @@ from osa_grid.backends.slurm_parsing import (
 )
 from osa_grid.backends.slurm_runner import Element, header_line, read_header, read_task_ids
 from osa_grid.config import Settings
+from osa_grid.core.stepenv import step_environment
 from osa_grid.errors import BackendError, BadInput
 from osa_grid.logs import event, get_logger
 from osa_grid.ports import Capabilities, JobSpec, JobState, JobStatus
+from osa_grid.system import private_directory, write_private_file
 
 log = get_logger("slurm")
 
@@ -121,12 +123,17 @@ class SlurmBackend(DetachedJobs):
         retry_seconds: float = 20.0,
         python: str | None = None,
         bin_dir: Path | None = None,
+        passthrough: Sequence[str] = (),
     ) -> None:
         if max_jobs < 1 or max_array_size < 1 or array_throttle < 0:
             raise BadInput("slurm: max_jobs and max_array_size must be positive, array_throttle not negative")
         self.state_dir = Path(state_dir)
         self.batch_dir = self.state_dir / "batches"
-        self.batch_dir.mkdir(parents=True, exist_ok=True)
+        # The manifests hold every task's argv and environment: this user's only (the jobs run as this user).
+        private_directory(self.state_dir)
+        private_directory(self.batch_dir, tighten=True)
+        # What every job takes from its node's environment beyond the safe base (settings).
+        self.passthrough = tuple(passthrough)
         self.slurm_conf = slurm_conf
         self.options = options or SbatchOptions()
         self.array_throttle = array_throttle
@@ -212,19 +219,22 @@ class SlurmBackend(DetachedJobs):
         )
         script = BATCH_SCRIPT.format(python=self.python, token=token, manifest=str(manifest))
         argv = sbatch_argv(request, self._command("sbatch"))
-        array, problem, accepted = self._sbatch(argv, script, token, name)
+        inherit = sorted({name for spec in specs for name in self._inherit(spec)})
+        array, problem, accepted = self._sbatch(argv, script, token, name, inherit)
         if array is not None:
             return self._accepted(array, token, len(specs))
         # Never reached SLURM: no job will read the manifest, and adopt() must not look for it.
         manifest.unlink(missing_ok=True)
         return self._not_submitted(token, len(specs), problem, rejected=not accepted)
 
-    def _sbatch(self, argv: list[str], script: str, token: str, name: str) -> tuple[str | None, str, bool]:
+    def _sbatch(
+        self, argv: list[str], script: str, token: str, name: str, inherit: Sequence[str]
+    ) -> tuple[str | None, str, bool]:
         """(array job id, or None and why, and whether trying again later may succeed)."""
         delay = FIRST_BACKOFF_SECONDS
         problem = ""
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
-            result = self._run(argv, stdin=script, env=self._submit_env())
+            result = self._run(argv, stdin=script, env=self._submit_env(inherit))
             if result.ok:
                 return parse_sbatch_output(result.stdout), "", True
             problem = "timed out" if result.timed_out else sbatch_error(result.stderr)
@@ -282,12 +292,14 @@ class SlurmBackend(DetachedJobs):
     def _write_manifest(self, token: str, name: str, specs: Sequence[JobSpec]) -> Path:
         path = self.batch_dir / f"{token}.jsonl"
         lines = [header_line(token, name, len(specs))]
-        lines += [_element(spec).to_json() for spec in specs]
-        temporary = path.with_suffix(".tmp")
+        lines += [_element(spec, self._inherit(spec)).to_json() for spec in specs]
         # Complete before sbatch, and never half-written: elements may start the moment sbatch returns.
-        temporary.write_text("\n".join(lines) + "\n")
-        os.replace(temporary, path)
+        write_private_file(path, "\n".join(lines) + "\n")
         return path
+
+    def _inherit(self, spec: JobSpec) -> tuple[str, ...]:
+        """The names the job takes from its node's environment beyond the safe base."""
+        return (*self.passthrough, *spec.inherit)
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -453,9 +465,11 @@ class SlurmBackend(DetachedJobs):
         # Times as Unix seconds, and --starttime read as UTC: nothing depends on the machine's time zone.
         return {**self._base_env(), "SLURM_TIME_FORMAT": "%s", "TZ": "UTC"}
 
-    def _submit_env(self) -> dict[str, str]:
-        # SBATCH_* variables (e.g. of a shepherd itself running in a SLURM job) would change our options.
-        return {k: v for k, v in self._base_env().items() if not k.startswith("SBATCH_")}
+    def _submit_env(self, inherit: Sequence[str]) -> dict[str, str]:
+        # sbatch hands its environment to the job (and SLURM keeps it with the job's record): only what the
+        # steps may have, never the shepherd's secrets. SBATCH_* variables (e.g. of a shepherd itself running
+        # in a SLURM job) would change our options: they are not in the safe base.
+        return step_environment(self._base_env(), {}, inherit)
 
     def _run(self, argv: list[str], env: Mapping[str, str], stdin: str | None = None) -> _Result:
         try:
@@ -479,7 +493,7 @@ class SlurmBackend(DetachedJobs):
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _element(spec: JobSpec) -> Element:
+def _element(spec: JobSpec, inherit: Sequence[str]) -> Element:
     return Element(
         task_id=spec.task_id,
         argv=list(spec.argv),
@@ -487,6 +501,7 @@ def _element(spec: JobSpec) -> Element:
         workdir=str(spec.workdir),
         stdout=str(spec.stdout),
         stderr=str(spec.stderr),
+        inherit=list(inherit),
     )
 
 
@@ -534,4 +549,5 @@ def from_settings(settings: Settings) -> SlurmBackend:
         lost_after_seconds=settings.slurm_lost_after_seconds,
         python=settings.slurm_python,
         bin_dir=settings.slurm_bin_dir,
+        passthrough=settings.step_env_passthrough,
     )

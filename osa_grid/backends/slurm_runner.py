@@ -4,10 +4,15 @@ The batch script of an array job is three lines of Python calling ``main(MANIFES
 Lines, written by the SLURM backend before sbatch) has a header line, then one line per element with the
 task's argv, environment, work directory and log files; ``SLURM_ARRAY_TASK_ID`` picks the line. The runner
 sends its standard streams to the task's logs, changes to the work directory and ``execvpe``s the command,
-so the job's exit status is the command's own. Standard library only: it starts once per task.
+so the job's exit status is the command's own. Standard library and light osa-grid modules only: it starts
+once per task.
 
 Exit codes of the runner itself, when the command never started: 125 (the manifest or the logs cannot be
 used), 126 (the command is not executable), 127 (the command is not found) - as a shell would say.
+
+The command gets the environment of core/stepenv.py: the safe base and the element's ``inherit`` names from
+the job's environment, then the element's own ``env``; the shepherd's secrets, which sbatch or a pilot may
+have handed to the job, stay out. The manifest and the logs are this user's only (the job runs as this user).
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from osa_grid.core.stepenv import step_environment
+from osa_grid.system import PRIVATE_FILE_MODE
 
 RUNNER_FAILED = 125
 NOT_EXECUTABLE = 126
@@ -36,6 +44,8 @@ class Element:
     workdir: str
     stdout: str
     stderr: str
+    # Names (or NAME* patterns) taken from the job's environment beyond the safe base.
+    inherit: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, separators=(",", ":"))
@@ -43,7 +53,8 @@ class Element:
     @classmethod
     def from_json(cls, line: str) -> Element:
         data: dict[str, Any] = json.loads(line)
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        # An element written before "inherit" existed takes the safe base only; others miss nothing.
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 def header_line(token: str, name: str, size: int) -> str:
@@ -94,7 +105,7 @@ def run(element: Element, environ: Mapping[str, str]) -> int:
         print(f"osa-grid runner: task {element.task_id}: {exc}", file=sys.stderr)
         return RUNNER_FAILED
     try:
-        os.execvpe(element.argv[0], element.argv, {**environ, **element.env})
+        os.execvpe(element.argv[0], element.argv, step_environment(environ, element.env, element.inherit))
     except (OSError, IndexError) as exc:
         # Now in the task's own stderr, where a shell's "command not found" would be.
         print(f"cannot start {element.argv[:1]!r}: {exc}", file=sys.stderr)
@@ -108,8 +119,9 @@ def _redirect(stdout: Path, stderr: Path) -> None:
     stderr.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    out = os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    err = out if stderr == stdout else os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    out = os.open(stdout, flags, PRIVATE_FILE_MODE)
+    err = out if stderr == stdout else os.open(stderr, flags, PRIVATE_FILE_MODE)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out, 1)

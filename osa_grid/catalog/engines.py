@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from osa_grid.errors import BadInput, CatalogError
+from osa_grid.system import private_directory
 
 # Execution option set on connections that write (``Catalog.transaction``).
 WRITER_OPTION = "osa_grid_writer"
@@ -20,7 +21,8 @@ _REGISTRATION_LOCK = 0x05A6_0001
 def _sqlite(url: sa.URL) -> Engine:
     database = url.database
     if database and database != ":memory:":
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # The catalog holds every task's history: a directory made for it is this user's only.
+        private_directory(Path(database).expanduser().parent)
     engine = sa.create_engine(url, connect_args={"timeout": 60})
 
     @sa.event.listens_for(engine, "connect")

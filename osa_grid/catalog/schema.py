@@ -280,6 +280,19 @@ leases = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
 
+# Remote services (Rucio, DiracX) a shepherd cannot reach now: one row per service while the outage lasts,
+# kept across shepherd restarts, so "down since" and the one alert per outage do not start over.
+service_outages = sa.Table(
+    "service_outages",
+    metadata,
+    sa.Column("service", sa.String(32), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=False),
+    sa.Column("last_failure_at", UTCDateTime, nullable=False),
+    sa.Column("alerted_at", UTCDateTime, nullable=True),
+)
+
 # Campaigns (docs/campaigns.md): a production over a scope, with a backend and limits. The campaign's tasks
 # are those of the production named ``production`` (the campaign's own name); ``status`` steers its shepherd.
 campaigns = sa.Table(

@@ -29,7 +29,7 @@ from osa_grid.core import query as querylang
 from osa_grid.core.metadata import MetaValue
 from osa_grid.core.planner import FileRecord, PlannedTask
 from osa_grid.core.states import ACTIVE, UNFINISHED, TaskState, check_transition
-from osa_grid.errors import BadInput, CatalogError, LeaseHeld, UnknownProduction
+from osa_grid.errors import AlreadyRegistered, BadInput, CatalogError, LeaseHeld, UnknownProduction
 from osa_grid.ports import NewFile, Replica
 
 INPUT_ROLE = "input"
@@ -314,8 +314,7 @@ class Catalog:
             existing = self._existing_lfns(conn, [row[1] for row in rows])
             if not existing:
                 raise CatalogError(f"registering {len(rows)} file(s) failed: {exc}") from exc
-            shown = ", ".join(sorted(existing)[:5])
-            raise BadInput(f"{len(existing)} file(s) are already registered: {shown}") from None
+            raise AlreadyRegistered(existing) from None
 
     def claim_lfns(self, outputs: Mapping[str, Sequence[str]]) -> dict[str, Claim]:
         """Claim the LFNs of tasks' products (task id -> LFNs) before any of them is stored.
@@ -533,6 +532,11 @@ class Catalog:
         if (ids[-1] - ids[0] + 1) <= DENSE_RANGE_FACTOR * len(ids):
             return metadata_rows(conn, ids, keys, as_range=True)
         return [row for chunk in _chunks(ids) for row in metadata_rows(conn, chunk, keys)]
+
+    def newest_match(self, node: querylang.Node) -> int | None:
+        """The id of the newest file matching a query (the last registered), None if none does."""
+        with self.engine.connect() as conn:
+            return conn.scalar(sa.select(sa.func.max(s.files.c.id)).where(self._where(conn, node)))
 
     def count(self, text: str) -> int:
         return self.count_matching(querylang.parse(text))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import time
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -13,11 +14,13 @@ import typer
 import typer.main
 from rich.console import Group
 from rich.live import Live
+from rich.table import Table
 
 from osa_grid import __version__
+from osa_grid.catalog.outages import outages
 from osa_grid.catalog.staging import stuck_inputs
-from osa_grid.cli.common import console, handle_errors, settings_of
-from osa_grid.cli.views import failures_table, production_table, stuck_staging_table
+from osa_grid.cli.common import console, errors, handle_errors, settings_of
+from osa_grid.cli.views import failures_table, outages_table, production_table, stuck_staging_table
 from osa_grid.core.metadata import parse_literal
 from osa_grid.core.models import Production
 from osa_grid.core.staging import Window
@@ -25,7 +28,8 @@ from osa_grid.core.states import CANCEL, RETRY, UNFINISHED, OperatorAction, Task
 from osa_grid.core.validation import topological_order
 from osa_grid.errors import BadInput
 from osa_grid.logs import configure
-from osa_grid.services.files import register_paths
+from osa_grid.services.files import describe_paths, register_unless_unchanged
+from osa_grid.services.notify import notifier_from_url
 from osa_grid.services.productions import (
     change_states,
     definition_of,
@@ -35,6 +39,7 @@ from osa_grid.services.productions import (
 )
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
 from osa_grid.services.workspace import Workspace, open_workspace
+from osa_grid.system import interrupts_deferred
 
 # Commands defined in modules of their own, imported only when one of them is run or the help lists
 # them: a command does not pay for the imports of the others (campaign, nightly, query... each pull in
@@ -150,6 +155,7 @@ def production_run(
             lease_ttl=_ttl(settings.lease_seconds),
             staging_window=Window(settings.staging_window_files, settings.staging_window_bytes),
             stage_lifetime=settings.rucio_stage_lifetime,
+            outage_alert_after=settings.outage_alert_after,
         )
         order = [t.name for t in topological_order(production)]
         show_live = live and console.is_terminal
@@ -166,6 +172,7 @@ def production_run(
             production,
             workspace.work_root,
             options,
+            notifier=notifier_from_url(settings.notify),
         )
         if show_live:
             with Live(console=console, refresh_per_second=4) as display:
@@ -321,9 +328,14 @@ def status(
     watch: Annotated[bool, typer.Option(help="Keep refreshing until no production has work left")] = False,
     interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes with --watch")] = 2.0,
 ) -> None:
-    """Every production in the catalog: tasks per transformation and state, with progress bars."""
+    """Every production in the catalog: tasks per transformation and state, with progress bars.
+
+    Services the shepherds cannot reach (Rucio, DiracX) come first: since when, the last error.
+    """
     with open_workspace(settings_of(ctx)) as workspace:
         if not workspace.catalog.production_names():
+            if down := outages(workspace.catalog):
+                console.print(outages_table(down, datetime.now(UTC)))
             console.print(f"no productions in the catalog ({workspace.catalog.describe_url()})")
             return
         if not watch:
@@ -339,7 +351,9 @@ def status(
 
 
 def _all_productions(workspace: Workspace) -> tuple[Group, int]:
-    tables = []
+    tables: list[Table] = []
+    if down := outages(workspace.catalog):
+        tables.append(outages_table(down, datetime.now(UTC)))
     unfinished = 0
     for name in workspace.catalog.production_names():
         prod = production_from_definition(workspace.catalog.production_definition(name))
@@ -366,11 +380,29 @@ def files_register(
     ] = None,
     lfn_prefix: Annotated[str, typer.Option(help="LFN = prefix/file name")] = "",
 ) -> None:
-    """Add existing files with their metadata to the catalog (all or nothing)."""
+    """Add existing files with their metadata to the catalog (all or nothing).
+
+    Files registered already with the same size, adler32 and metadata are skipped, so running the
+    command again does nothing; one registered with other content is an error, and nothing is registered.
+    """
     metadata = dict(_key_value(item) for item in meta or [])
+    try:
+        new_files = describe_paths(paths, metadata, pattern, lfn_prefix)
+    except KeyboardInterrupt:
+        errors.print("interrupted while reading the files: nothing was registered")
+        raise typer.Exit(130) from None
     with open_workspace(settings_of(ctx)) as workspace:
-        lfns = register_paths(workspace.catalog, paths, metadata, pattern, lfn_prefix)
-    console.print(f"registered {len(lfns)} file(s)")
+        catalog = workspace.catalog  # opened first: Ctrl-C stops a connection that hangs
+        # Ctrl-C waits for the commit and its report: the message then says what the catalog holds.
+        with interrupts_deferred() as interrupt:
+            done = register_unless_unchanged(catalog, new_files)
+            unchanged = (
+                f"; {len(done.unchanged)} already registered with the same content" if done.unchanged else ""
+            )
+            console.print(f"registered {len(done.registered)} file(s){unchanged}")
+    if interrupt.received:
+        errors.print("interrupted: the registration was completed first (running it again does nothing)")
+        raise typer.Exit(130)
 
 
 @files_app.command("show")

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from osa_grid.cli.common import console, handle_errors, settings_of
 from osa_grid.cli.query_cmds import human_size
-from osa_grid.cli.views import failures_table
+from osa_grid.cli.views import failures_table, outages_table
 from osa_grid.core.campaign import CampaignPlan
 from osa_grid.errors import BadInput, OsaGridError
 from osa_grid.services import campaign as campaigns
@@ -168,7 +168,7 @@ def _run(ctx: typer.Context, name: str, once: bool, live: bool) -> None:
         else:
             outcome = campaigns.run(workspace, name, once)
         state = campaigns.progress(workspace.catalog, name)
-    console.print(progress_view(state))
+    console.print(Group(*_outages_view([state]), progress_view(state)))
     if outcome.status == "stopped":
         console.print(f"campaign {name} stopped; `osa-grid campaign resume {name}` carries it on.")
     elif outcome.status == "active" and state.remaining:
@@ -204,16 +204,22 @@ def status(
             console.print_json(json.dumps(payload, default=str))
             return
         if not watch:
-            console.print(Group(*(progress_view(s) for s in states)))
+            console.print(Group(*_outages_view(states), *(progress_view(s) for s in states)))
             return
         with Live(console=console, refresh_per_second=2) as display:
             while True:
                 states = [campaigns.progress(workspace.catalog, n, span) for n in names]
-                display.update(Group(*(progress_bars(s) for s in states)))
+                display.update(Group(*_outages_view(states), *(progress_bars(s) for s in states)))
                 if all(s.status != "active" or s.remaining == 0 for s in states):
                     break
                 time.sleep(interval)
-        console.print(Group(*(progress_view(s) for s in states)))
+        console.print(Group(*_outages_view(states), *(progress_view(s) for s in states)))
+
+
+def _outages_view(states: list[campaigns.Progress]) -> list[Any]:
+    """The services not reached, once above the campaigns (every campaign's progress carries them)."""
+    down = states[0].outages if states else []
+    return [outages_table(down, states[0].updated_at)] if down else []
 
 
 def progress_view(state: campaigns.Progress) -> Group:

@@ -103,7 +103,7 @@ def run(
     with open_workspace(settings) as workspace:
         tonight = _night(workspace, workflow, night, run_summary)
         if not tonight.plan.sequences:
-            console.print(f"night {tonight.night}: no DATA runs, nothing to do")
+            console.print(_nothing_to_do(tonight), soft_wrap=True, markup=False)  # a path is data
             return
         if simulate_only:
             _print_plan(tonight.plan)
@@ -113,7 +113,12 @@ def run(
             if not counts:
                 console.print("would launch nothing now (no raw data yet)")
             return
-        options = NightlyOptions(once=once, poll_interval=poll, deadline=_deadline(deadline))
+        options = NightlyOptions(
+            once=once,
+            poll_interval=poll,
+            deadline=_deadline(deadline),
+            outage_alert_after=settings.outage_alert_after,
+        )
         shepherd = NightlyShepherd(
             tonight,
             workspace.backend(backend),
@@ -130,6 +135,18 @@ def run(
             console.print(
                 f"night {tonight.night} is not closed yet ({report.missing_raw} raw file(s) still expected)"
             )
+
+
+def _nothing_to_do(tonight: Night) -> str:
+    """Why a night has no sequence: no summary yet, a summary without runs yet, or no DATA run among them."""
+    summary = tonight.tonight_summary()
+    if tonight.runs is None:
+        why = f"no run summary yet ({summary})"
+    elif not tonight.runs.runs and not tonight.runs.ignored:
+        why = f"the run summary {summary} has no runs yet"
+    else:
+        why = "no DATA runs"
+    return f"night {tonight.night}: {why}, nothing to do"
 
 
 def _deadline(text: str | None) -> datetime | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from rich.console import Group
 from rich.progress_bar import ProgressBar
@@ -11,6 +12,7 @@ from rich.text import Text
 
 from osa_grid.catalog.staging import StagingRow
 from osa_grid.catalog.store import TaskRow
+from osa_grid.core.outages import Outage, duration_text
 
 COLUMNS = ("ready", "submitted", "running", "done", "failed", "vetoed", "cancelled")
 
@@ -65,5 +67,24 @@ def stuck_staging_table(rows: list[StagingRow]) -> Table:
     for row in rows:
         table.add_row(
             row.lfn, row.request_id or "", row.updated_at.isoformat(timespec="seconds"), row.error or ""
+        )
+    return table
+
+
+def outages_table(outages: Sequence[Outage], now: datetime) -> Table:
+    """Services the shepherds cannot reach (credentials were redacted before they were stored)."""
+    table = Table(title="services not reached (shepherds wait; no task fails for it)", title_justify="left")
+    for column in ("service", "url", "since (UTC)", "for", "last failed", "operator told", "last error"):
+        table.add_column(column, overflow="fold", style="red" if column == "service" else "")
+    for outage in outages:
+        # Text cells: an error message is data, never read as markup.
+        table.add_row(
+            Text(outage.service),
+            Text(outage.url),
+            Text(f"{outage.since:%Y-%m-%d %H:%M:%S}"),
+            Text(duration_text(outage.lasted(now))),
+            Text(f"{outage.last_failure_at:%Y-%m-%d %H:%M:%S}"),
+            Text(f"{outage.alerted_at:%Y-%m-%d %H:%M:%S}" if outage.alerted_at else "not yet"),
+            Text(outage.last_error[:300]),
         )
     return table

@@ -20,6 +20,7 @@ from pydantic import (
 
 from osa_grid.core import templates
 from osa_grid.core.metadata import KEY_PATTERN, MetaValue, check_metadata
+from osa_grid.core.stepenv import check_names
 from osa_grid.errors import OsaGridError
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -107,6 +108,9 @@ class Resources(Strict):
 class Step(Strict):
     argv: list[Template] = Field(min_length=1)
     env: dict[str, Template] = Field(default_factory=dict)
+    # Variables the step takes from the environment where its job runs, beyond the safe base of
+    # core/stepenv.py (a grid proxy: ``X509_USER_PROXY``); ``NAME*`` takes every name beginning so.
+    inherit: list[str] = Field(default_factory=list)
     resources: Resources = Resources()
     # Python distributions whose versions are recorded in the provenance of every task; ``lstchain==0.12.3``
     # also pins the version the step needs (a campaign refuses to mix versions, see core/campaign.py).
@@ -143,6 +147,11 @@ class Step(Strict):
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                 raise ValueError(f"environment variable name {key!r} is not valid")
         return env
+
+    @field_validator("inherit")
+    @classmethod
+    def _inherit_names(cls, names: list[str]) -> list[str]:
+        return check_names(names)
 
 
 class Grouping(Strict):

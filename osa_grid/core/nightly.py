@@ -111,7 +111,7 @@ def night_production(workflow: NightlyWorkflow, plan: NightPlan) -> Production:
 
 
 def _need_node(template: str) -> querylang.Node:
-    return querylang.parse(templates.static_text(template))
+    return querylang.parse_template(template).shape
 
 
 def column_transformations(workflow: NightlyWorkflow, label: str) -> list[str]:

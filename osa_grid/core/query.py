@@ -36,6 +36,9 @@ Semantics (``osa_grid.catalog.querysql`` compiles the same rules to SQL):
   the catalog resolves it).
 - ``not`` is plain negation: ``not run_id = 5`` matches files without ``run_id``.
 
+A *query template* (``parse_template``, the side inputs of a transformation) has placeholders where values
+go, ``run_id = {drs4_run}``: it is parsed once and ``bind`` puts values in as typed literals, never as text.
+
 ``check_against_catalog`` refuses, with the position of the offending key or value, a key no file has
 and a literal that can never compare with what the key holds (``run_id = DL1`` when run_id is an int).
 """
@@ -54,8 +57,9 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any, Literal, cast
 
+from osa_grid.core import templates
 from osa_grid.core.metadata import KEY_PATTERN, MetaValue, parse_literal, sortable_text, value_type
-from osa_grid.errors import BadInput, QuerySyntaxError
+from osa_grid.errors import BadInput, QuerySyntaxError, TemplateError
 
 Op = Literal["=", "!=", "<", "<=", ">", ">=", "~"]
 OPERATORS: tuple[Op, ...] = ("=", "!=", "<", "<=", ">", ">=", "~")
@@ -259,13 +263,18 @@ _OP_CHARS = frozenset("=!<>~")
 _QUOTES = "\"'"
 _PUNCTUATION: dict[str, Literal["(", ")", ","]] = {"(": "(", ")": ")", ",": ","}
 _OP_HINTS = {"==": "use '='", "=>": "did you mean '>='?", "=<": "did you mean '<='?", "<>": "use '!='"}
+_SLOT = re.compile(r"(?P<slot>\{[^{}]*\})")
+_QUOTED_SLOT = re.compile(r"(?P<quote>[\"'])(?P<slot>\{[^{}]*\})(?P=quote)")
 
 
 @dataclass(frozen=True)
 class _Token:
-    kind: Literal["word", "string", "op", "(", ")", ",", "end"]
-    text: str  # source text; for strings, the unescaped value
+    # "slot": a placeholder of a query template; "literal": the typed value bound to it.
+    kind: Literal["word", "string", "op", "(", ")", ",", "slot", "literal", "end"]
+    text: str  # source text; for strings, the unescaped value; for slots and literals, the placeholder
     pos: int
+    as_text: bool = False  # a slot whose value enters as text ("{name}" quoted, or {name:spec})
+    value: object = None  # a literal's value
 
     def is_keyword(self, word: str) -> bool:
         return self.kind == "word" and self.text.lower() == word
@@ -275,11 +284,16 @@ class _Token:
             return "the end of the query"
         if self.kind == "string":
             return f"the string {self.text!r}"
+        if self.kind in ("slot", "literal"):
+            return f"the placeholder {self.text}"
         return repr(self.text)
 
 
-def _tokenize(text: str) -> Iterator[_Token]:
-    """Tokens on demand, so that the leftmost error is the one reported."""
+def _tokenize(text: str, template: bool = False) -> Iterator[_Token]:
+    """Tokens on demand, so that the leftmost error is the one reported.
+
+    In a ``template``, ``{name}`` and ``{name:spec}`` (alone or as a whole quoted string) are slots.
+    """
     pos = 0
     while pos < len(text):
         char = text[pos]
@@ -288,8 +302,10 @@ def _tokenize(text: str) -> Iterator[_Token]:
             continue
         if char in _PUNCTUATION:
             token, end = _Token(_PUNCTUATION[char], char, pos), pos + 1
+        elif template and (slot := _read_slot(text, pos)) is not None:
+            token, end = slot
         elif char in _QUOTES:
-            token, end = _read_string(text, pos)
+            token, end = _read_string(text, pos, template)
         elif char in _OP_CHARS:
             token, end = _read_operator(text, pos)
         elif char in WORD_CHARS:
@@ -301,11 +317,48 @@ def _tokenize(text: str) -> Iterator[_Token]:
     yield _Token("end", "", len(text))
 
 
-def _read_string(text: str, start: int) -> tuple[_Token, int]:
+def _read_slot(text: str, start: int) -> tuple[_Token, int] | None:
+    """A placeholder, bare (``{run_id}``) or quoted whole (``"{source}"``); None if there is none here."""
+    quoted = _QUOTED_SLOT.match(text, start)
+    match = quoted or _SLOT.match(text, start)
+    if match is None:
+        if text[start] in "{}":
+            raise QuerySyntaxError(f"unmatched {text[start]!r} (a placeholder is {{name}})", text, start)
+        return None
+    placeholder = match.group("slot")
+    try:
+        (found,) = templates.fields(placeholder)
+    except TemplateError as exc:
+        raise QuerySyntaxError(f"bad placeholder {placeholder}: {exc}", text, start) from exc
+    end = match.end()
+    if not quoted and (_glued(text, start - 1) or _glued(text, end)):
+        raise QuerySyntaxError(
+            f"placeholder {placeholder} is part of a word: a placeholder stands for a whole value "
+            "(key = {name}), whose type it keeps",
+            text,
+            start,
+        )
+    return _Token("slot", placeholder, start, as_text=bool(quoted or found.spec)), end
+
+
+def _glued(text: str, pos: int) -> bool:
+    # Dots may touch a placeholder: they make ranges ({low}..{high}).
+    return 0 <= pos < len(text) and text[pos] in WORD_CHARS and text[pos] != "."
+
+
+def _read_string(text: str, start: int, template: bool = False) -> tuple[_Token, int]:
     quote, pos, chars = text[start], start + 1, []
     while pos < len(text) and text[pos] != quote:
         char = text[pos]
-        if char == "\\" and pos + 1 < len(text):
+        if template and char in "{}":
+            if text[pos + 1 : pos + 2] != char:
+                raise QuerySyntaxError(
+                    'a placeholder in quotes must be the whole string ("{name}"); write {{ and }} for braces',
+                    text,
+                    pos,
+                )
+            pos += 1  # {{ and }} are braces
+        elif char == "\\" and pos + 1 < len(text):
             char = text[pos + 1]
             if char not in _QUOTES + "\\":
                 raise QuerySyntaxError(
@@ -344,7 +397,7 @@ def _read_word(text: str, start: int) -> tuple[_Token, int]:
 
 def parse(text: str) -> Node:
     """Parse a query; raises ``QuerySyntaxError`` with the position of the offending token."""
-    return _Parser(text).query()
+    return _Parser(text, _tokenize(text)).query()
 
 
 def _split_range(token: _Token) -> tuple[_Token, _Token] | None:
@@ -360,9 +413,9 @@ def _split_range(token: _Token) -> tuple[_Token, _Token] | None:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, tokens: Iterator[_Token]) -> None:
         self.text = text
-        self.tokens = _tokenize(text)
+        self.tokens = tokens
         self.current = next(self.tokens)
         self.following: _Token | None = None  # one more token of look-ahead, read on demand
         self.depth = 0
@@ -528,7 +581,7 @@ class _Parser:
                 raise self.error(f"missing the lower bound before {RANGE_MARK!r}", first)
         else:
             low_token, marker = first, self.peek()
-            if first.kind not in ("word", "string") or not marker.text.startswith(RANGE_MARK):
+            if first.kind not in ("word", "string", "literal") or not marker.text.startswith(RANGE_MARK):
                 raise self.error(
                     f"expected '(' or a range low..high after 'in', found {first.describe()}", first
                 )
@@ -545,12 +598,77 @@ class _Parser:
     def value(self, token: _Token, after: _Token) -> MetaValue:
         if token.kind == "string":
             return token.text
+        if token.kind == "literal":
+            try:
+                return check_query_value(token.value)
+            except BadInput as exc:
+                raise self.error(
+                    f"{token.text} = {_shown(token.value)} is no query value: {exc}", token
+                ) from exc
         if token.kind != "word" or token.text.lower() in KEYWORDS:
             raise self.error(f"missing value after {after.text!r}, found {token.describe()}", token)
         try:
             return check_query_value(parse_literal(token.text), written=token.text)
         except BadInput as exc:
             raise self.error(str(exc), token) from exc
+
+
+# ------------------------------------------------------------------------------------ templates
+
+# What a placeholder reads as when a template is checked without values (a production on load).
+UNKNOWN_VALUE = "x"
+
+
+@dataclass(frozen=True)
+class QueryTemplate:
+    """A query with placeholders for values (``data_level = CAL and run_id = {drs4_run}``), parsed once.
+
+    A placeholder stands for one whole value: ``{name}`` enters as the value itself, of its own type;
+    ``{name:spec}`` and ``"{name}"`` (the whole quoted string) enter as the value's text. ``bind`` puts
+    each value into the query as a literal token: a value is never read as query text, so whatever it
+    holds (quotes, ``or``, ``not``) it is compared as one value and cannot change the query's shape.
+    """
+
+    text: str
+    tokens: tuple[_Token, ...]
+    # The query with every placeholder read as the text "x": what checks on load see.
+    shape: Node
+
+    def bind(self, values: Mapping[str, object], what: str = "query template") -> Node:
+        """The query with each placeholder's value as a typed literal; ``BadInput`` names what cannot be."""
+        return _Parser(self.text, iter(_bound(self.tokens, values, what))).query()
+
+
+@lru_cache(maxsize=256)
+def parse_template(text: str) -> QueryTemplate:
+    """Parse a query template; a syntax error, or a placeholder where no value goes, is a QuerySyntaxError."""
+    tokens = tuple(_tokenize(text, template=True))
+    shape = _Parser(text, iter(_bound(tokens, None, "query template"))).query()
+    return QueryTemplate(text, tokens, shape)
+
+
+def _bound(tokens: tuple[_Token, ...], values: Mapping[str, object] | None, what: str) -> Iterator[_Token]:
+    """The tokens with each slot as a literal: its value (``UNKNOWN_VALUE`` without ``values``)."""
+    for token in tokens:
+        if token.kind != "slot":
+            yield token
+            continue
+        value: object = UNKNOWN_VALUE if values is None else _slot_value(token, values, what)
+        yield _Token("literal", token.text, token.pos, token.as_text, value)
+
+
+def _slot_value(token: _Token, values: Mapping[str, object], what: str) -> object:
+    name = templates.fields(token.text)[0].name
+    if token.as_text or name not in values:
+        # The value's text; or the template module's error naming what is missing.
+        return templates.render(token.text, values, what)
+    return values[name]
+
+
+def _shown(value: object) -> str:
+    """A value in an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # ----------------------------------------------------------------------------------- printing

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from osa_grid.core import templates
+from osa_grid.core import query, templates
 from osa_grid.core.metadata import MetaValue, check_metadata
 from osa_grid.core.models import Output, Resources, Transformation
 from osa_grid.core.planner import FileRecord, common_metadata
-from osa_grid.errors import TemplateError
+from osa_grid.errors import BadInput, TemplateError
 
 # Metadata every output gets, so that analysts and child transformations can tell productions apart.
 AUTOMATIC_KEYS = ("production", "transformation")
@@ -33,13 +33,20 @@ class RenderedTask:
     resources: Resources
 
 
-def render_needs(transformation: Transformation, inputs: Sequence[FileRecord]) -> dict[str, str]:
-    """The side-input queries of a task, rendered with its inputs' common metadata (need name -> query)."""
+def render_needs(transformation: Transformation, inputs: Sequence[FileRecord]) -> dict[str, query.Node]:
+    """The side-input queries of a task (need name -> query), its inputs' common metadata bound as literals.
+
+    A value that cannot be a query value (a NUL, a boolean), or a name the inputs do not share, is a
+    ``BadInput`` naming the need: that task cannot resolve it, whatever the other tasks' values are.
+    """
     shared = common_metadata(inputs)
-    return {
-        name: templates.render(template, shared, f"needs {name}")
-        for name, template in transformation.input.needs.items()
-    }
+    needs: dict[str, query.Node] = {}
+    for name, template in transformation.input.needs.items():
+        try:
+            needs[name] = query.parse_template(template).bind(shared)
+        except BadInput as exc:
+            raise TemplateError(f"needs {name}: {exc}") from exc
+    return needs
 
 
 def render_outputs(
@@ -83,7 +90,10 @@ def _render_output(
     transformation: str,
 ) -> RenderedOutput:
     file_name = templates.check_file_name(templates.render(output.file_name, names, f"output {output.name}"))
-    directory = templates.render(output.directory, names, f"output {output.name} directory").rstrip("/")
+    # The template's trailing slash only: an empty value must not silently drop a directory level.
+    directory = templates.render_directory(
+        output.directory.rstrip("/"), names, f"output {output.name} directory"
+    )
     lfn = templates.check_relative_path(f"{directory}/{file_name}" if directory else file_name)
     if output.inherit == "all":
         inherited = dict(shared)
@@ -98,6 +108,20 @@ def _render_output(
             templates.render(output.metadata_file, names, f"output {output.name} metadata_file")
         )
     return RenderedOutput(output.name, file_name, lfn, check_metadata(metadata), metadata_file, output.verify)
+
+
+def _not_an_option(argument: str, element: str, before: Sequence[str]) -> str:
+    """A whole argument from a value must not read as an option: a value ``-rf`` or ``--help`` is refused.
+
+    ``--key={key}`` is always safe (the value cannot start the argument), and so is an argument after
+    ``--`` (the end of options).
+    """
+    if argument.startswith("-") and "--" not in before:
+        raise TemplateError(
+            f"argument {element} = {argument[:80]!r} starts with '-' and would read as an option: "
+            f"write --option={element}, or put '--' before it in the step's argv"
+        )
+    return argument
 
 
 def render_task(
@@ -138,9 +162,12 @@ def render_task(
     argv: list[str] = []
     for element in transformation.step.argv:
         if element == "{inputs}":
-            argv += list(input_paths)
+            argv += [_not_an_option(path, element, argv) for path in input_paths]
         else:
-            argv.append(templates.render(element, values, "argument"))
+            rendered = templates.render(element, values, "argument")
+            argv.append(
+                _not_an_option(rendered, element, argv) if templates.whole_placeholder(element) else rendered
+            )
     env = {
         key: templates.render(value, values, f"environment {key}")
         for key, value in transformation.step.env.items()

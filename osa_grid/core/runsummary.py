@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Literal
 
 import yaml
 
+from osa_grid.core.metadata import check_metadata
 from osa_grid.errors import BadInput
 
 RunType = Literal["DRS4", "PEDCALIB", "DATA"]
@@ -27,6 +29,14 @@ CATALOG_COLUMNS = ("run_id", "source_name", "source_ra", "source_dec")
 # Event-builder pre-processing (ctapipe_io_lst's EVBPreprocessingFlag bits): lstchain's RunSummary holds the
 # flags' integer value, osa-grid's metadata one word that the transformations' queries select on.
 _EVB_GAIN_SELECTION, _EVB_PE_CALIBRATION = 1, 64
+# Run ids have 5 digits and sub-run ids 4 in the file names: anything larger is a broken file, refused where
+# it is read rather than deep inside a later catalog query.
+MAX_RUN_ID = 99_999
+MAX_SUBRUNS = 10_000
+# Only ASCII digits: int() and float() also read "1_807" and "١٨٠٧" (Arabic-Indic digits) as 1807.
+# 19 digits hold any 64-bit value this module reads (a run start in ns) and keep int() off huge numbers.
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,19}")
+_DECIMAL_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -74,25 +84,45 @@ class NightRuns:
 
 def parse_run_summary(text: str, source: str) -> NightRuns:
     """A RunSummary ECSV (with or without the newer data_format/evb_preprocessing columns)."""
-    runs: list[RunInfo] = []
-    ignored: list[IgnoredRun] = []
+    found = _RunList()
     for where, row in _ecsv_rows(text, source, "RunSummary", REQUIRED_COLUMNS):
         start = _ns_timestamp(row["run_start"], where) if "run_start" in row else None
         evb = evb_preprocessing_label(row.get("evb_preprocessing", "NONE"))
-        _add(runs, ignored, row["run_id"], row["n_subruns"], row["run_type"], start, where, evb)
-    return NightRuns(tuple(runs), tuple(ignored))
+        found.add(row["run_id"], row["n_subruns"], row["run_type"], start, where, evb)
+    return found.night_runs()
 
 
 def parse_run_catalog(text: str, source: str) -> dict[int, RunSource]:
-    """The site's run catalog ECSV: ``run_id, source_name, source_ra, source_dec[, wobble]`` (deg)."""
+    """The site's run catalog ECSV: ``run_id, source_name, source_ra, source_dec[, wobble]`` (deg).
+
+    A run listed twice with the same values is one run; listed twice with different values it is refused.
+    """
     found: dict[int, RunSource] = {}
+    first_at: dict[int, str] = {}
     for where, row in _ecsv_rows(text, source, "run catalog", CATALOG_COLUMNS):
-        run_id = _integer(row["run_id"], "run_id", where)
-        try:
-            ra, dec = float(row["source_ra"]), float(row["source_dec"])
-        except ValueError:
-            raise BadInput(f"{where}: source_ra and source_dec must be numbers (deg)") from None
-        found[run_id] = RunSource(row["source_name"].strip(), ra, dec, row.get("wobble", "").strip())
+        run_id = _run_id(row["run_id"], where)
+        run_source = _run_source(row, where)
+        if found.get(run_id, run_source) != run_source:
+            raise BadInput(
+                f"{where}: run {run_id} is listed twice, differently (first at {first_at[run_id]})"
+            )
+        found[run_id] = run_source
+        first_at.setdefault(run_id, where)
+    return found
+
+
+def _run_source(row: dict[str, str], where: str) -> RunSource:
+    texts = (row["source_ra"].strip(), row["source_dec"].strip())
+    if not all(_DECIMAL_NUMBER.fullmatch(text) for text in texts):
+        raise BadInput(f"{where}: source_ra and source_dec must be numbers (deg)")
+    ra, dec = (float(text) for text in texts)
+    if not -90 <= dec <= 90 or not math.isfinite(ra):
+        raise BadInput(f"{where}: source_ra {ra} and source_dec {dec} are not a sky position (deg)")
+    found = RunSource(row["source_name"].strip(), ra, dec, row.get("wobble", "").strip())
+    try:
+        check_metadata(found.metadata())  # registered with the run's files: refuse here, naming the line
+    except BadInput as exc:
+        raise BadInput(f"{where}: {exc}") from None
     return found
 
 
@@ -103,7 +133,7 @@ def evb_preprocessing_label(text: str) -> str:
     (``"['BASELINE', 'GAIN_SELECTION']"``).
     """
     value = text.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         flags = int(value)
         pe, gain = bool(flags & _EVB_PE_CALIBRATION), bool(flags & _EVB_GAIN_SELECTION)
     else:
@@ -139,8 +169,7 @@ def _ecsv_rows(
 
 def parse_night_summary(text: str, source: str) -> NightRuns:
     """The legacy NightSummary.txt: ``run subruns type date time ...`` (timing fields may be nan)."""
-    runs: list[RunInfo] = []
-    ignored: list[IgnoredRun] = []
+    found = _RunList()
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
@@ -149,12 +178,18 @@ def parse_night_summary(text: str, source: str) -> NightRuns:
         if len(fields) < 5:
             raise BadInput(f"{where}: expected 'run subruns type date time ...', got {line.strip()!r}")
         start = _date_time(fields[3], fields[4], where)
-        _add(runs, ignored, fields[0], fields[1], fields[2], start, where)
-    return NightRuns(tuple(runs), tuple(ignored))
+        found.add(fields[0], fields[1], fields[2], start, where)
+    return found.night_runs()
 
 
 def parse_summary(text: str, source: str) -> NightRuns:
-    """Either format, told apart by the ECSV signature line."""
+    """Either format, told apart by the ECSV signature line.
+
+    An empty file is refused: a summary is written at once with at least its header, so an empty one is still
+    being written or was cut. A header without rows is a night without runs (yet).
+    """
+    if not text.strip():
+        raise BadInput(f"{source}: the run summary is empty (still being written, or broken)")
     if text.lstrip().startswith("# %ECSV"):
         return parse_run_summary(text, source)
     return parse_night_summary(text, source)
@@ -179,43 +214,60 @@ def _split_ecsv(text: str, source: str) -> tuple[object, str, int]:
     return header, "\n".join(body_lines), first_line
 
 
-def _add(
-    runs: list[RunInfo],
-    ignored: list[IgnoredRun],
-    run_text: str,
-    subruns_text: str,
-    type_text: str,
-    start: datetime | None,
-    where: str,
-    evb_preprocessing: str = "NONE",
-) -> None:
-    run_id = _integer(run_text, "run_id", where)
-    n_subruns = _integer(subruns_text, "n_subruns", where)
-    if run_id < 0 or n_subruns < 0:
-        raise BadInput(f"{where}: run_id and n_subruns must not be negative")
-    run_type = _TYPE_ALIASES.get(type_text.strip().upper())
-    if run_type is None:
-        ignored.append(IgnoredRun(run_id, type_text, f"run type {type_text!r} is not processed"))
-    elif any(r.run_id == run_id for r in runs):
-        raise BadInput(f"{where}: run {run_id} is listed twice")
-    else:
-        runs.append(RunInfo(run_id, n_subruns, run_type, start, evb_preprocessing))
+class _RunList:
+    """The runs of a summary as its rows are read; a run listed twice is refused, naming both lines."""
+
+    def __init__(self) -> None:
+        self.runs: list[RunInfo] = []
+        self.ignored: list[IgnoredRun] = []
+        self.first_at: dict[int, str] = {}
+
+    def add(
+        self,
+        run_text: str,
+        subruns_text: str,
+        type_text: str,
+        start: datetime | None,
+        where: str,
+        evb_preprocessing: str = "NONE",
+    ) -> None:
+        run_id = _run_id(run_text, where)
+        n_subruns = _integer(subruns_text, "n_subruns", where)
+        if not 0 <= n_subruns <= MAX_SUBRUNS:
+            raise BadInput(f"{where}: n_subruns {n_subruns} is not between 0 and {MAX_SUBRUNS}")
+        if run_id in self.first_at:
+            raise BadInput(f"{where}: run {run_id} is listed twice (first at {self.first_at[run_id]})")
+        self.first_at[run_id] = where
+        run_type = _TYPE_ALIASES.get(type_text.strip().upper())
+        if run_type is None:
+            self.ignored.append(IgnoredRun(run_id, type_text, f"run type {type_text!r} is not processed"))
+        else:
+            self.runs.append(RunInfo(run_id, n_subruns, run_type, start, evb_preprocessing))
+
+    def night_runs(self) -> NightRuns:
+        return NightRuns(tuple(self.runs), tuple(self.ignored))
 
 
 def _integer(text: str, name: str, where: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise BadInput(f"{where}: {name} {text!r} is not a whole number") from None
+    if not _WHOLE_NUMBER.fullmatch(text.strip()):
+        raise BadInput(f"{where}: {name} {text!r:.40} is not a whole number (at most 19 ASCII digits 0-9)")
+    return int(text)
+
+
+def _run_id(text: str, where: str) -> int:
+    run_id = _integer(text, "run_id", where)
+    if not 0 <= run_id <= MAX_RUN_ID:
+        raise BadInput(f"{where}: run_id {text.strip()!r} is not between 0 and {MAX_RUN_ID} (5 digits)")
+    return run_id
 
 
 def _ns_timestamp(text: str, where: str) -> datetime | None:
     if text.strip().lower() in ("", "nan", "none", "--"):
         return None
     try:
-        return datetime.fromtimestamp(int(text) / 1e9, tz=UTC)
-    except (ValueError, OverflowError, OSError):
-        raise BadInput(f"{where}: run_start {text!r} is not a timestamp in nanoseconds") from None
+        return datetime.fromtimestamp(_integer(text, "run_start", where) / 1e9, tz=UTC)
+    except (BadInput, OverflowError, OSError, ValueError):
+        raise BadInput(f"{where}: run_start {text!r:.40} is not a timestamp in nanoseconds") from None
 
 
 def _date_time(day: str, time: str, where: str) -> datetime | None:

@@ -80,6 +80,30 @@ def render(template: str, values: Mapping[str, object], what: str = "template") 
     return _PLACEHOLDER.sub(replace, template)
 
 
+def whole_placeholder(template: str) -> Field | None:
+    """The placeholder a template consists of, alone (``{run_id}``, ``{night:%Y%m%d}``); None otherwise."""
+    match = _PLACEHOLDER.fullmatch(template)
+    if match is None or match.group(1) is None:
+        return None
+    return Field(match.group(1), match.group(2) or "")
+
+
+def render_directory(template: str, values: Mapping[str, object], what: str = "directory") -> str:
+    """Render a directory template: a value may fill a path component, never add one (no ``/`` or ``\\``).
+
+    The template's own slashes (``{production}/DL1/{night:%Y%m%d}``) make the levels; a value holding a
+    separator would make others, so it is refused (``UnsafeName``), as it is in a file name.
+    """
+    for field in fields(template):
+        text = str(values.get(field.name, ""))
+        if "/" in text or "\\" in text:
+            raise UnsafeName(
+                f"{what} {template!r}: {{{field.name}}} = {text!r} contains '/' or '\\': "
+                "a value cannot add a directory level"
+            )
+    return render(template, values, what)
+
+
 def static_text(template: str) -> str:
     """The template with every placeholder replaced by ``x``: what is fixed in every rendering."""
     fields(template)

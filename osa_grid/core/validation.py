@@ -38,7 +38,7 @@ def _check_transformation(
         return [((*base, "input", "query"), str(exc))]
     for name, template in transformation.input.needs.items():
         try:
-            querylang.parse(templates.static_text(template))
+            querylang.parse_template(template)
         except QuerySyntaxError as exc:
             problems.append(((*base, "input", "needs", name), str(exc)))
     known = {t.name for t in production.transformations}
@@ -81,7 +81,7 @@ def _feeds(production: Production, parent: Transformation, node: querylang.Node)
 
 def need_queries(transformation: Transformation) -> list[querylang.Node]:
     """The side-input queries with their placeholders as unknown words: what any rendering may ask for."""
-    return [querylang.parse(templates.static_text(t)) for t in transformation.input.needs.values()]
+    return [querylang.parse_template(t).shape for t in transformation.input.needs.values()]
 
 
 def producers(production: Production, node: querylang.Node, besides: str = "") -> set[str]:

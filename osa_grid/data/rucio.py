@@ -21,11 +21,12 @@ from urllib.parse import urlparse
 from osa_grid.config import Settings
 from osa_grid.core import query as querylang
 from osa_grid.core.metadata import MetaValue
+from osa_grid.core.outages import RUCIO
 from osa_grid.data.checksums import adler32
 from osa_grid.data.ctao_metadata import ctao_key, ctao_value, from_ctao, to_ctao
 from osa_grid.data.local import LocalStore
 from osa_grid.errors import BadInput, DataServiceError, DataServiceUnavailable, InputFileMissing, OutputClash
-from osa_grid.ports import NewFile, Replica, StageState, StageStatus
+from osa_grid.ports import NewFile, Replica, ServiceHealth, StageState, StageStatus
 
 STAGING_ACTIVITY = "Staging"
 STAGING_COMMENT = "osa-grid staging"
@@ -80,6 +81,7 @@ class RucioStore:
         self.account = account
         self._client: Any = None
         self._disk: dict[str, bool] = {}
+        self.health = ServiceHealth(RUCIO, self.server)
 
     # ------------------------------------------------------------------ connection
     @property
@@ -115,14 +117,20 @@ class RucioStore:
         from rucio.common import exception as rucio_errors
 
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
         except (rucio_errors.CannotAuthenticate, rucio_errors.AccessDenied) as exc:
+            self.health.answered()
             raise DataServiceError(f"{what}: {self.server} refused our credentials: {_reason(exc)}") from exc
         except (rucio_errors.RucioException, OSError) as exc:
             text = _reason(exc)
             if isinstance(exc, OSError | rucio_errors.ServerConnectionException) or "connect" in text.lower():
-                raise DataServiceUnavailable(f"{what}: {self.server} is unreachable: {text}") from exc
+                message = f"{what}: {self.server} is unreachable: {text}"
+                self.health.not_reached(message)
+                raise DataServiceUnavailable(message) from exc
+            self.health.answered()
             raise DataServiceError(f"{what}: {self.server} answered: {text}") from exc
+        self.health.answered()
+        return result
 
     # ------------------------------------------------------------------ files
     def did(self, lfn: str) -> dict[str, str]:

@@ -18,12 +18,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from osa_grid.catalog.outages import outages
 from osa_grid.catalog.store import CampaignRow, Catalog, CatalogFile, TaskRow
 from osa_grid.config import Settings
 from osa_grid.core import query as querylang
 from osa_grid.core.campaign import Campaign, CampaignPlan, InputFile, plan_campaign, scoped_production
 from osa_grid.core.loading import build_campaign
 from osa_grid.core.models import Production
+from osa_grid.core.outages import Outage
 from osa_grid.core.planner import input_query
 from osa_grid.core.staging import Window
 from osa_grid.core.states import ACTIVE, CANCEL, RETRY_FAILED, TaskState
@@ -32,6 +34,7 @@ from osa_grid.data import data_manager_from_settings
 from osa_grid.errors import CampaignInvalid
 from osa_grid.logs import event, get_logger
 from osa_grid.ports import Backend, DataManager, JobState
+from osa_grid.services.notify import notifier_from_url
 from osa_grid.services.productions import (
     change_states,
     definition_of,
@@ -284,9 +287,17 @@ def run(
         clean_workdirs=True,
         staging_window=_staging_window(workspace.settings, loaded.campaign),
         stage_lifetime=workspace.settings.rucio_stage_lifetime,
+        outage_alert_after=workspace.settings.outage_alert_after,
     )
     shepherd = Shepherd(
-        workspace.catalog, backend, data, loaded.production, workspace.work_root, options, on_pass
+        workspace.catalog,
+        backend,
+        data,
+        loaded.production,
+        workspace.work_root,
+        options,
+        on_pass,
+        notifier_from_url(workspace.settings.notify),
     )
     with shepherd.lease():
         return _loop(workspace.catalog, shepherd, backend, name, once)
@@ -445,6 +456,8 @@ class Progress:
     window_hours: float
     updated_at: datetime
     problems: list[TaskRow] = field(default_factory=list)  # failed and vetoed tasks
+    # Remote services (Rucio, DiracX) not reached now: the campaign waits for them.
+    outages: list[Outage] = field(default_factory=list)
 
     @property
     def failures(self) -> list[dict[str, Any]]:
@@ -501,6 +514,17 @@ class Progress:
                 for s in self.steps
             ],
             "failures": self.failures,
+            "service_outages": [
+                {
+                    "service": o.service,
+                    "url": o.url,
+                    "since": o.since.isoformat(),
+                    "last_failure_at": o.last_failure_at.isoformat(),
+                    "alerted_at": o.alerted_at.isoformat() if o.alerted_at else None,
+                    "last_error": o.last_error,
+                }
+                for o in self.outages
+            ],
         }
 
 
@@ -528,4 +552,4 @@ def progress(catalog: Catalog, name: str, window: timedelta = timedelta(hours=1)
         for t in topological_order(loaded.production)
     ]
     problems = catalog.tasks(row.production, states=[TaskState.FAILED, TaskState.VETOED])
-    return Progress(name, row.status, row.backend, steps, hours, now, problems)
+    return Progress(name, row.status, row.backend, steps, hours, now, problems, outages(catalog))

@@ -7,9 +7,11 @@ the night's production, close the night when everything that can be done is done
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -29,15 +31,17 @@ from osa_grid.core.nightly import (
     sequence_table,
 )
 from osa_grid.core.planner import FileRecord, plan_groups
+from osa_grid.core.redaction import redact_text
 from osa_grid.core.runsummary import NightRuns, RunInfo, RunSource, parse_run_catalog, parse_summary
 from osa_grid.core.sequences import NightPlan, plan_night
 from osa_grid.core.states import TaskState
-from osa_grid.errors import BadInput
+from osa_grid.errors import BadInput, OsaGridError
 from osa_grid.logs import event, get_logger
 from osa_grid.ports import Backend, DataManager
 from osa_grid.services.files import describe_path
 from osa_grid.services.nightweb import render_page, write_page
 from osa_grid.services.notify import Notifier
+from osa_grid.services.outages import default_alert_after
 from osa_grid.services.productions import definition_of, digest_of
 from osa_grid.services.provenance import production_prov_json
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
@@ -47,6 +51,7 @@ log = get_logger("nightly")
 NIGHT_CLOSED = "night_closed"
 DEADLINE_MISSED = "night_deadline_missed"
 VETO_TOLD = "veto_notified"
+NOTIFY_FAILED = "notify_failed"
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,9 @@ class Night:
         self.base_dir = base_dir
         self.catalog = catalog
         self.run_summary = run_summary
-        self.plan = plan_night(night, self._runs_of, workflow.lookback_nights)
+        # None: no run summary yet; read once, the plan and the messages see the same runs.
+        self.runs = self._runs_of(night)
+        self.plan = plan_night(night, self._runs_with_tonight, workflow.lookback_nights)
         self.production = night_production(workflow, self.plan)
         self.sources = self._sources()
 
@@ -89,8 +96,15 @@ class Night:
                 return candidate
         return monitoring / f"RunSummary_{night_dir(night)}.ecsv"
 
+    def tonight_summary(self) -> Path:
+        """The run summary of the night: ``--run-summary`` or the site's."""
+        return self.run_summary or self.summary_path(self.night)
+
+    def _runs_with_tonight(self, night: date) -> NightRuns | None:
+        return self.runs if night == self.night else self._runs_of(night)
+
     def _runs_of(self, night: date) -> NightRuns | None:
-        path = self.run_summary if night == self.night and self.run_summary else self.summary_path(night)
+        path = self.tonight_summary() if night == self.night else self.summary_path(night)
         if not path.is_file():
             if night == self.night and self.run_summary:
                 raise BadInput(f"{path}: no such run summary")
@@ -221,8 +235,19 @@ class Night:
         self._write_provenance()
         marker.write_text(f"night {self.night} closed at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n{summary}\n")
         state = "with problems" if problems else "complete"
-        notifier.send(f"osa-grid: night {self.night} closed ({state})", summary)
+        self.tell(notifier, f"osa-grid: night {self.night} closed ({state})", summary)
         event(log, "night_closed", night=self.night, problems=len(problems), forced=forced)
+
+    def tell(self, notifier: Notifier, subject: str, body: str) -> None:
+        """Tell the operators. A notification that cannot be sent is reported (a warning line and an event of
+        the night) and does not fail the night: the catalog, not the message, is the record. It is not sent
+        again: the next pass would fail the same way and repeat the warning every poll."""
+        try:
+            notifier.send(subject, body)
+        except OsaGridError as exc:
+            error = redact_text(str(exc))
+            event(log, NOTIFY_FAILED, logging.WARNING, night=self.night, subject=subject, error=error)
+            self.catalog.record_event(NOTIFY_FAILED, self.production.name, subject=subject, error=error)
 
     def provenance_file(self) -> Path:
         return self.analysis_dir() / f"provenance_{night_dir(self.night)}.json"
@@ -309,6 +334,8 @@ class NightlyOptions:
     once: bool = False
     poll_interval: float = 30.0
     deadline: datetime | None = None
+    # Per remote service: seconds unreached before the operator is told (Settings.outage_alert_after).
+    outage_alert_after: Mapping[str, float] = field(default_factory=default_alert_after)
 
 
 class NightlyShepherd:
@@ -333,7 +360,10 @@ class NightlyShepherd:
             data,
             night.production,
             work_root,
-            ShepherdOptions(poll_interval=options.poll_interval),
+            ShepherdOptions(
+                poll_interval=options.poll_interval, outage_alert_after=options.outage_alert_after
+            ),
+            notifier=notifier,
         )
 
     def run(self) -> NightReport:
@@ -392,7 +422,8 @@ class NightlyShepherd:
         for task in vetoed:
             if task.task_id in told:
                 continue
-            self.notifier.send(
+            self.night.tell(
+                self.notifier,
                 f"osa-grid: night {self.night.night}: a {task.transformation} task was vetoed",
                 f"task {task.task_id}\nerror: {task.error}\nlogs: {task.workdir}",
             )
@@ -408,7 +439,8 @@ class NightlyShepherd:
         self.night.catalog.record_event(
             DEADLINE_MISSED, self.night.production.name, deadline=deadline.isoformat()
         )
-        self.notifier.send(
+        self.night.tell(
+            self.notifier,
             f"osa-grid: night {self.night.night} not closed by {deadline:%Y-%m-%d %H:%M} UTC",
             "\n".join(f"seq {r.seq_id} run {r.run_id}: {r.state}" for r in self.night.status()),
         )

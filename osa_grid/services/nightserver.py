@@ -11,14 +11,17 @@ and a status page for operators needs no more.
 from __future__ import annotations
 
 import contextlib
+import errno
 import html
+import logging
 import mimetypes
 import re
 from collections.abc import Callable
 from datetime import date
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
 
 from osa_grid.catalog.store import Catalog
 from osa_grid.core.nightly import NightlyWorkflow
@@ -29,6 +32,7 @@ from osa_grid.services.nightly import Night
 log = get_logger("web")
 
 LOCALHOST = "127.0.0.1"
+TEXT = "text/plain; charset=utf-8"
 _NIGHT_PAGE = re.compile(r"^/nightly/(\d{4}-\d{2}-\d{2})/?$")
 _SUMMARY = re.compile(r"^(?:RunSummary|NightSummary)_(\d{4})(\d{2})(\d{2})\.(?:ecsv|txt)$")
 
@@ -78,12 +82,19 @@ class NightPages:
         )
 
     def published(self, relative: str) -> Path | None:
-        """A file under ``<base>/web/``, or None (also for any path that would leave it)."""
-        web = (self.base_dir / "web").resolve()
-        target = (web / relative).resolve()
-        if not target.is_relative_to(web) or not target.is_file():
+        """A file under ``<base>/web/`` named by ``relative`` (already percent-decoded), or None: also for a
+        name with NUL, ``..``, an absolute path, one the file system cannot look up (too long) or one that a
+        symbolic link would take out of ``web/``."""
+        name = PurePosixPath(relative)
+        if "\x00" in relative or name.is_absolute() or ".." in name.parts:
             return None
-        return target
+        web = (self.base_dir / "web").resolve()
+        try:
+            target = (web / name).resolve()
+            found = target.is_relative_to(web) and target.is_file()
+        except OSError:  # ENAMETOOLONG and the like: no such file to serve
+            return None
+        return target if found else None
 
 
 def handler_for(pages: NightPages) -> type[BaseHTTPRequestHandler]:
@@ -102,12 +113,16 @@ def handler_for(pages: NightPages) -> type[BaseHTTPRequestHandler]:
         do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
         def _answer(self, head: bool) -> None:
-            path = self.path.split("?", 1)[0]
+            # Decoded once (a%20b.txt is "a b.txt"); never again, so that %2500 stays "%00", not a NUL.
+            path = unquote(self.path.split("?", 1)[0].split("#", 1)[0])
             try:
                 status, body, kind = self._route(path)
             except OsaGridError as exc:  # e.g. a night without calibration: the page says why
-                status, kind = HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8"
+                status, kind = HTTPStatus.NOT_FOUND, TEXT
                 body = f"{exc}\n".encode()
+            except Exception as exc:  # a page that fails is a 500 and a log line, never a traceback
+                event(log, "http_error", logging.ERROR, path=path[:200], error=f"{type(exc).__name__}: {exc}")
+                status, kind, body = HTTPStatus.INTERNAL_SERVER_ERROR, TEXT, b"internal error (see the log)\n"
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
@@ -125,14 +140,14 @@ def handler_for(pages: NightPages) -> type[BaseHTTPRequestHandler]:
                 try:
                     night = date.fromisoformat(match[1])
                 except ValueError:
-                    return HTTPStatus.NOT_FOUND, b"no such date\n", "text/plain; charset=utf-8"
+                    return HTTPStatus.NOT_FOUND, b"no such date\n", TEXT
                 return HTTPStatus.OK, pages.night_page(night).encode(), page
             if path.startswith("/web/"):
                 found = pages.published(path.removeprefix("/web/"))
                 if found is not None:
                     kind = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
                     return HTTPStatus.OK, found.read_bytes(), kind
-            return HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8"
+            return HTTPStatus.NOT_FOUND, b"not found\n", TEXT
 
         def log_message(self, format: str, *args: object) -> None:
             event(log, "http_request", client=self.client_address[0], request=format % args)
@@ -140,9 +155,19 @@ def handler_for(pages: NightPages) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def listen(pages: NightPages, port: int) -> HTTPServer:
+    """The server bound to 127.0.0.1:``port`` (0: any free port); a port in use is a clear error."""
+    try:
+        return HTTPServer((LOCALHOST, port), handler_for(pages))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise OsaGridError(f"port {port} on {LOCALHOST} is in use: choose another with --port") from None
+        raise OsaGridError(f"cannot listen on {LOCALHOST}:{port}: {exc.strerror or exc}") from None
+
+
 def serve(pages: NightPages, port: int, ready: Callable[[str], None] | None = None) -> None:
     """Serve on 127.0.0.1 until interrupted; ``ready`` is told the URL once the socket listens."""
-    with HTTPServer((LOCALHOST, port), handler_for(pages)) as server:
+    with listen(pages, port) as server:
         url = f"http://{LOCALHOST}:{server.server_address[1]}/"
         if ready is not None:
             ready(url)

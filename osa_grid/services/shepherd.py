@@ -16,7 +16,7 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +27,6 @@ from typing import Any
 from osa_grid import __version__
 from osa_grid.catalog.store import Catalog, CatalogFile, Claim, Completion, Failure, TaskRow
 from osa_grid.core import query as querylang
-from osa_grid.core import templates
 from osa_grid.core.metadata import MetaValue, check_metadata
 from osa_grid.core.models import Production, Resources, Transformation
 from osa_grid.core.planner import (
@@ -56,7 +55,9 @@ from osa_grid.errors import (
     StorageError,
 )
 from osa_grid.logs import event, get_logger
-from osa_grid.ports import Backend, DataManager, JobSpec, JobState, JobStatus, NewFile
+from osa_grid.ports import Backend, DataManager, JobSpec, JobState, JobStatus, NewFile, WatchedService
+from osa_grid.services.notify import Notifier
+from osa_grid.services.outages import OutageWatch, default_alert_after
 from osa_grid.services.staging import Stager
 from osa_grid.system import identity_is_alive, identity_is_dead, process_identity
 
@@ -118,6 +119,8 @@ class ShepherdOptions:
     max_in_flight: int | None = None
     # Delete what a finished task leaves in its work directory (but its logs) once its products are stored.
     clean_workdirs: bool = False
+    # Per remote service (rucio, dirac): seconds unreached before the operator is told (Settings).
+    outage_alert_after: Mapping[str, float] = field(default_factory=default_alert_after)
 
 
 @dataclass
@@ -160,6 +163,7 @@ class Shepherd:
         work_root: Path,
         options: ShepherdOptions | None = None,
         on_pass: Callable[[PassReport], None] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.catalog = catalog
         self.backend = backend
@@ -183,6 +187,10 @@ class Shepherd:
         # The data service's outage (its message) while it lasts: reported once, waited out, not a failure.
         self._outage: str | None = None
         self._down_this_pass = False
+        # Outages of Rucio / DiracX as their clients saw them: recorded, alerted after a while, ended.
+        self.outages = OutageWatch(
+            catalog, self.options.outage_alert_after, notifier, noticed_by=production.name
+        )
 
     # ------------------------------------------------------------------ loop
     def run(self) -> PassReport:
@@ -256,6 +264,7 @@ class Shepherd:
         if self._outage is not None and not self._down_this_pass:
             event(log, "data_service_back", logging.WARNING, production=self.production.name)
             self._outage = None
+        self._watch_services()
         if self.on_pass is not None:
             report.counts = self.catalog.task_counts(self.production.name)
             self.on_pass(report)
@@ -263,6 +272,11 @@ class Shepherd:
             # What the loop needs; counting the finished tasks too would make a pass grow with history.
             report.counts = self.catalog.unfinished_counts(self.production.name)
         return report
+
+    def _watch_services(self) -> None:
+        for component in (self.data, self.backend):
+            if isinstance(component, WatchedService):
+                self.outages.observe(component.health)
 
     def _data_unavailable(self, exc: DataServiceUnavailable) -> None:
         """One message when the outage starts, none while it lasts; passes go on and retry."""
@@ -539,31 +553,44 @@ class Shepherd:
     def _resolve_needs(
         self, transformation: Transformation, unfinished: dict[str, int], waiting: dict[str, int]
     ) -> None:
-        """Created tasks whose side inputs exist become ready; those whose side inputs never can, vetoed."""
+        """Created tasks whose side inputs exist become ready; those whose side inputs never can, vetoed.
+
+        A task whose needs cannot be resolved (a value that is no query value, a need that is the task's own
+        input) is vetoed alone, with the reason: the other tasks go on.
+        """
         blocked = self.catalog.tasks(self.production.name, [TaskState.CREATED], transformation.name)
         if not blocked:
             return
         inputs = self.catalog.task_inputs([t.task_id for t in blocked])
-        newest: dict[str, int | None] = {}  # one catalog query per distinct need, however many tasks share it
+        # One catalog query per distinct need, however many tasks share it: the newest match, or why none.
+        newest: dict[querylang.Node, int | BadInput | None] = {}
         resolved: dict[str, dict[str, int]] = {}
         impossible: dict[str, str] = {}
         for task in blocked:
+            own = inputs[task.task_id]
             try:
-                queries = render_needs(transformation, [f.record() for f in inputs[task.task_id]])
-            except OsaGridError as exc:
-                impossible[task.task_id] = f"cannot render its needs: {exc}"
+                queries = render_needs(transformation, [f.record() for f in own])
+            except BadInput as exc:
+                impossible[task.task_id] = f"cannot resolve its needs: {exc}"
                 continue
             found: dict[str, int] = {}
-            for name, text in queries.items():
-                if text not in newest:
-                    matches = self.catalog.query(text)
-                    newest[text] = matches[-1].id if matches else None
-                file_id = newest[text]
-                if file_id is None:
-                    if self._need_cannot_appear(transformation, name, unfinished, waiting):
-                        impossible[task.task_id] = (
-                            f"needs {name}: no file matches {text!r} and nothing left can make one"
-                        )
+            for name, node in queries.items():
+                if node not in newest:
+                    newest[node] = self._newest_match(node)
+                file_id = newest[node]
+                problem = _need_problem(name, node, file_id, own, found)
+                if (
+                    problem is None
+                    and file_id is None
+                    and self._need_cannot_appear(transformation, name, unfinished, waiting)
+                ):
+                    problem = (
+                        f"needs {name}: no file matches {querylang.to_text(node)!r} "
+                        "and nothing left can make one"
+                    )
+                if problem is not None:
+                    impossible[task.task_id] = problem
+                if problem is not None or not isinstance(file_id, int):
                     break
                 found[name] = file_id
             else:
@@ -574,13 +601,19 @@ class Shepherd:
             self.catalog.veto_created(impossible)
             event(log, "tasks_vetoed", transformation=transformation.name, count=len(impossible))
 
+    def _newest_match(self, node: querylang.Node) -> int | BadInput | None:
+        try:
+            return self.catalog.newest_match(node)
+        except BadInput as exc:  # the catalog cannot ask it (a value beyond what it stores): this need only
+            return exc
+
     def _need_cannot_appear(
         self, transformation: Transformation, name: str, unfinished: dict[str, int], waiting: dict[str, int]
     ) -> bool:
         """True when transformations of this production could make the need and all of them are finished."""
         makers = self._need_makers.get((transformation.name, name))
         if makers is None:
-            node = querylang.parse(templates.static_text(transformation.input.needs[name]))
+            node = querylang.parse_template(transformation.input.needs[name]).shape
             makers = self._need_makers[(transformation.name, name)] = producers(self.production, node)
         # Files a need expects from outside (registered by a site service) may still come: keep waiting.
         return bool(makers) and all(unfinished.get(m, 0) == 0 and waiting.get(m, 0) == 0 for m in makers)
@@ -724,6 +757,7 @@ class Shepherd:
             software=transformation.step.pins,
             container=transformation.step.container,
             input_lfns=[f.lfn for f in inputs],
+            inherit=transformation.step.inherit,
         )
 
     def _render(
@@ -804,3 +838,25 @@ class Shepherd:
                 versions["container"] = transformation.step.container
             self._software[transformation.name] = versions
         return self._software[transformation.name]
+
+
+def _need_problem(
+    name: str,
+    node: querylang.Node,
+    file_id: int | BadInput | None,
+    own: Sequence[CatalogFile],
+    found: dict[str, int],
+) -> str | None:
+    """Why a need's newest match cannot be the task's side input (None: it can, or nothing matches yet)."""
+    if isinstance(file_id, BadInput):
+        return f"needs {name}: the catalog cannot ask {querylang.to_text(node)!r}: {file_id}"
+    inputs = {f.id: f.lfn for f in own}
+    if file_id in inputs:
+        return (
+            f"needs {name}: {querylang.to_text(node)!r} selects {inputs[file_id]}, one of the task's own "
+            "inputs (a side input must be another file: make the need's query exclude the input's)"
+        )
+    same = [other for other, chosen in found.items() if chosen == file_id]
+    if file_id is not None and same:
+        return f"needs {name} and {same[0]} select the same file: each need must select its own file"
+    return None

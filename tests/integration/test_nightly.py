@@ -124,6 +124,44 @@ def test_a_complete_night_is_processed_closed_and_shown(tmp_path: Path) -> None:
     assert again.returncode == 0 and "is closed" in again.stdout
 
 
+def test_a_notification_that_cannot_be_sent_does_not_fail_the_night(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    full_night(site)
+    command = [
+        *OSA_GRID,
+        "nightly",
+        "run",
+        "--poll",
+        "0.2",
+        "--date",
+        NIGHT,
+        "--workflow",
+        str(site.workflow),
+    ]
+    # Nothing listens on port 1: the webhook is refused once the night is closed.
+    env = {**site.env(), "OSA_GRID_NOTIFY": "http://osa:hook-pw@127.0.0.1:1/hooks/night"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "is closed" in result.stdout
+    (warning,) = [line for line in result.stderr.splitlines() if "notify_failed" in line]
+    assert "WARNING" in warning and "cannot call the webhook 127.0.0.1:1" in warning
+    assert "hook-pw" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    catalog = Catalog.open(f"sqlite:///{site.root / 'home' / 'catalog.sqlite'}")
+    try:
+        kinds = [
+            e["kind"]
+            for e in catalog.events()
+            if e["production"] and e["kind"].startswith(("night", "notify"))
+        ]
+        failed = [e for e in catalog.events() if e["kind"] == "notify_failed"]
+    finally:
+        catalog.close()
+    assert kinds == ["night_closed", "notify_failed"]
+    assert "closed (complete)" in failed[0]["detail"]["subject"]
+    assert "hook-pw" not in json.dumps(failed[0]["detail"])
+    assert site.status()["closed"]
+
+
 def _night_provenance_is_complete(site: Site, analysis_dir: Path) -> None:
     """The night's PROV-JSON holds every product, the task attempt that made it, and the raw files."""
     document = json.loads((analysis_dir / f"provenance_{NIGHT_DIR}.json").read_text())
@@ -237,6 +275,43 @@ def test_bad_nights(tmp_path: Path) -> None:
     missing = site.nightly("run", "--run-summary", str(tmp_path / "nope.ecsv"))
     assert missing.returncode == 2 and "no such run summary" in missing.stderr
     assert "Traceback" not in malformed.stderr + missing.stderr + uncalibrated.stderr
+
+
+def test_empty_and_broken_run_summaries_and_run_catalogs(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    full_night(site)
+    summary = site.base / "monitoring" / "RunSummary" / f"RunSummary_{NIGHT_DIR}.ecsv"
+    good = summary.read_text()
+    summary.write_text("")  # still being written: neither "nothing to do" nor a closed night
+    for once in ((), ("--once",)):
+        empty = site.nightly("run", *once, "--poll", "0.2")
+        assert empty.returncode == 2, empty.stdout + empty.stderr
+        assert f"{summary}: the run summary is empty (still being written, or broken)" in empty.stderr
+        assert "nothing to do" not in empty.stdout and "Traceback" not in empty.stderr
+    summary.write_text(good.split("1805,")[0])  # the header only: a night without runs yet
+    header_only = site.nightly("run", "--once")
+    assert header_only.returncode == 0, header_only.stderr
+    assert f"the run summary {summary} has no runs yet, nothing to do" in " ".join(header_only.stdout.split())
+    summary.write_text(good.replace("1809,2,DATA", "99999999999999999999,2,DATA"))
+    huge = site.nightly("run", "--once", "--poll", "0.2")
+    assert huge.returncode == 2
+    assert f"{summary.name}:10: run_id '99999999999999999999' is not a whole number" in huge.stderr
+    summary.write_text(good)
+    catalog = site.base / "monitoring" / "RunCatalog" / f"RunCatalog_{NIGHT_DIR}.ecsv"
+    catalog.parent.mkdir(parents=True)
+    header = "# %ECSV 1.0\n# ---\n# delimiter: ','\nrun_id,source_name,source_ra,source_dec\n"
+    catalog.write_text(header + "1807,Crab,83.6,22.0\n1808,Mrk 421,166.1,nan\n")
+    bad_value = site.nightly("run", "--once", "--poll", "0.2")
+    assert bad_value.returncode == 2 and f"{catalog.name}:6: source_ra and source_dec" in bad_value.stderr
+    catalog.write_text(header + "1807,Crab,83.6,22.0\n1808,Mrk 421,166.1,38.2\n1807,Mrk 501,253.5,39.8\n")
+    twice = site.nightly("run", "--once", "--poll", "0.2")
+    assert twice.returncode == 2
+    assert f"{catalog.name}:7: run 1807 is listed twice, differently (first at {catalog}:5)" in " ".join(
+        twice.stderr.split()
+    )
+    assert "Traceback" not in huge.stderr + bad_value.stderr + twice.stderr
+    catalog.unlink()
+    assert site.status()["closed"] is None and not (site.base / "DL1").exists()  # nothing ran on bad input
 
 
 def test_calibration_from_an_earlier_night_and_simulate(tmp_path: Path) -> None:

@@ -25,9 +25,11 @@ ECHO = (
 )
 
 
-def echo_production(argv: list[str], env: dict[str, str]) -> dict[str, object]:
+def echo_production(
+    argv: list[str], env: dict[str, str], inherit: list[str] | None = None, name: str = "echo"
+) -> dict[str, object]:
     return {
-        "name": "echo",
+        "name": name,
         "transformations": [
             {
                 "name": "echo",
@@ -35,6 +37,7 @@ def echo_production(argv: list[str], env: dict[str, str]) -> dict[str, object]:
                 "step": {
                     "argv": ["{python}", "-c", ECHO, *argv, "{output.echo}"],
                     "env": env,
+                    "inherit": inherit or [],
                     "resources": {"cores": 1, "memory_gb": 0.1, "walltime": "1m"},
                 },
                 "outputs": [
@@ -78,8 +81,11 @@ def test_metadata_reaching_a_command_is_passed_literally_never_to_a_shell(tmp_pa
     assert not pwned.exists() and victim.is_dir()
 
 
-def test_tokens_and_passwords_never_reach_logs_or_provenance(tmp_path: Path) -> None:
+def test_tokens_and_passwords_never_reach_logs_or_provenance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = ToyWorld(tmp_path)
+    monkeypatch.setenv("OSA_GRID_RUCIO_PASSWORD", "pw-shepherd-4720")  # the shepherd's own, not declared
     raw_file(world, {})
     secrets = {
         "OSA_GRID_RUCIO_PASSWORD": "pw-rucio-4711",
@@ -93,7 +99,8 @@ def test_tokens_and_passwords_never_reach_logs_or_provenance(tmp_path: Path) -> 
     production = world.write_production(echo_production(argv, env))
     result = world.osa_grid("-vv", "production", "run", str(production), "--no-live")
     assert result.returncode == 0, result.stderr
-    # The step itself was given everything, unchanged: only what is recorded is redacted.
+    # The step was given what its transformation declares, unchanged (only what is recorded is redacted),
+    # and not the shepherd's own secret of the same name.
     written = json.loads(next((world.home / "data").rglob("echo_01807.json")).read_text())
     assert written["argv"] == argv and all(written["env"][k] == v for k, v in env.items())
     shown = world.osa_grid("provenance", next(iter(_lfns(world, "data_level = E"))))
@@ -116,8 +123,61 @@ def test_tokens_and_passwords_never_reach_logs_or_provenance(tmp_path: Path) -> 
     }
     assert "task_done" in result.stderr  # -vv: the shepherd's log lines are there to be searched
     for where, text in recorded.items():
-        for secret in [*secrets.values(), "pw-url-4716", "pw-arg-4717", "key-arg-4718", "pw-smtp-4719"]:
+        for secret in [
+            *secrets.values(),
+            *["pw-url-4716", "pw-arg-4717", "key-arg-4718", "pw-smtp-4719", "pw-shepherd-4720"],
+        ]:
             assert secret not in text, f"{secret} is in the {where}"
+
+
+# What a shepherd's environment holds and no step may see unless its transformation declares it.
+SHEPHERD_SECRETS = {
+    "OSA_GRID_RUCIO_PASSWORD": "pw-rucio-4731",
+    "DIRACX_TOKEN": "tok-diracx-4732",
+    "MY_API_KEY": "key-4733",
+    "DATABASE_URL": "postgresql://osa:pw-db-4734@db.site/osa",
+}
+
+
+def shepherd_with_secrets(world: ToyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shepherd's environment: its secrets, its catalog URL with a password, a grid proxy."""
+    for name, value in SHEPHERD_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("X509_USER_PROXY", "/tmp/x509up_u4735")
+    monkeypatch.setenv("OSA_GRID_STEP_ENV_PASSTHROUGH", '["SITE_SCRATCH"]')
+    monkeypatch.setenv("SITE_SCRATCH", "/scratch/osa")
+    assert "OSA_GRID_CATALOG_URL" in world.env()
+
+
+def check_step_environment(env: dict[str, str]) -> None:
+    """Declared, inherited by name, passed by the operator's setting and the safe base: nothing else."""
+    for name in [*SHEPHERD_SECRETS, "OSA_GRID_CATALOG_URL", "OSA_GRID_HOME", "OSA_GRID_STEP_ENV_PASSTHROUGH"]:
+        assert name not in env, f"{name} of the shepherd reached the step"
+    assert env["DECLARED"] == "yes" and env["X509_USER_PROXY"] == "/tmp/x509up_u4735"
+    assert env["SITE_SCRATCH"] == "/scratch/osa"
+    assert env["PATH"] == os.environ["PATH"] and env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")
+
+
+def private(path: Path) -> bool:
+    """Readable by this user only."""
+    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+def test_a_step_gets_its_declared_environment_and_the_safe_base_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = ToyWorld(tmp_path)
+    raw_file(world, {})
+    shepherd_with_secrets(world, monkeypatch)
+    production = world.write_production(echo_production([], {"DECLARED": "yes"}, inherit=["X509_USER_PROXY"]))
+    result = world.osa_grid("production", "run", str(production), "--no-live")
+    assert result.returncode == 0, result.stderr
+    written = json.loads(next((world.home / "data").rglob("echo_01807.json")).read_text())
+    check_step_environment(written["env"])
+    # The home holds the catalog and the tasks' logs: this user's only; so are the logs themselves.
+    assert private(world.home) and private(world.home / "work")
+    logs = list((world.home / "work").rglob("*.log"))
+    assert logs and all(private(log) for log in logs)
 
 
 def _lfns(world: ToyWorld, query: str) -> list[str]:

@@ -37,6 +37,7 @@ from osa_grid.core.models import Resources
 from osa_grid.ports import JobSpec, JobState, JobStatus
 
 from .test_nightly import Site, full_night
+from .test_security import check_step_environment, echo_production, private, raw_file, shepherd_with_secrets
 from .toyworld import ToyWorld, toy_production
 
 pytestmark = pytest.mark.integration
@@ -432,6 +433,25 @@ def test_a_failing_calibration_runs_no_downstream_job(world: SlurmWorld) -> None
     assert isinstance(failed, list) and all("exit code 3" in f["error"] for f in failed)
     assert all("toy step asked to fail" in (Path(f["workdir"]) / "stderr.log").read_text() for f in failed)
     assert _by_step(world.jobs(6)) == {"calibrate": 6}
+
+
+def test_a_slurm_step_gets_only_its_declared_environment_and_the_manifest_is_private(
+    tmp_path: Path, slurm_conf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = SlurmWorld(tmp_path, slurm_conf)
+    raw_file(world, {})
+    shepherd_with_secrets(world, monkeypatch)
+    production = echo_production([], {"DECLARED": "yes"}, inherit=["X509_USER_PROXY"], name=world.production)
+    result = world.run(world.write_production(production))
+    assert result.returncode == 0, result.stderr
+    written = json.loads(next((world.home / "data").rglob("echo_01807.json")).read_text())
+    check_step_environment(written["env"])
+    assert written["env"]["SLURM_JOB_ID"]  # the safe base of a SLURM job
+    # The manifest holds every task's argv and environment: this user's only, in a directory of its own.
+    batches = world.home / "work" / ".slurm-backend" / "batches"
+    manifests = list(batches.glob("*.jsonl"))
+    assert manifests and all(private(m) for m in manifests)
+    assert private(batches) and private(world.home)
 
 
 def test_cancelling_a_production_cancels_its_slurm_jobs(world: SlurmWorld) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from osa_grid.core.models import Production, Transformation
 from osa_grid.core.planner import FileRecord
+from osa_grid.core.query import Node, to_text
 from osa_grid.core.rendering import render_needs, render_task
 from osa_grid.services.productions import load_production
 from osa_grid.steps import lstchain as steps
@@ -23,6 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 NIGHT = date(2025, 11, 20)
 PY = "/venv/bin/python"
 WORK = "/work/task/attempt-1"
+
+
+def need_texts(needs: Mapping[str, Node]) -> dict[str, str]:
+    """Side-input queries as text, to compare with what a reader expects."""
+    return {name: to_text(node) for name, node in needs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +191,7 @@ def test_r0_to_dl1_transformation(night: Production) -> None:
     assert muons.lfn == "lst-night/v1/muons/20251120/muons_LST-1.Run01807.0003.fits"
     assert dl1.metadata["data_level"] == "DL1" and dl1.metadata["subrun_id"] == 3
     assert "stream" not in dl1.metadata and dl1.metadata["mc_production"] == "toy-v1"
-    assert render_needs(t, [r0(1807, 3)]) == {
+    assert need_texts(render_needs(t, [r0(1807, 3)])) == {
         "drive_log": "data_level = DRIVE_LOG and night = 2025-11-20",
         "run_summary": "data_level = RUN_SUMMARY and night = 2025-11-20",
         "config": "data_level = LSTCHAIN_CONFIG and mc_production = toy-v1",
@@ -197,7 +203,7 @@ def test_r0_to_dl1_transformation(night: Production) -> None:
 def test_raw_r0_to_dl1_waits_for_the_nights_calibration(night: Production) -> None:
     t = night.transformation("r0_to_dl1_raw")
     raw = [r0(1808, 1, evb_preprocessing="NONE")]
-    assert render_needs(t, raw) == {
+    assert need_texts(render_needs(t, raw)) == {
         "drive_log": "data_level = DRIVE_LOG and night = 2025-11-20",
         "run_summary": "data_level = RUN_SUMMARY and night = 2025-11-20",
         "config": "data_level = LSTCHAIN_CONFIG and mc_production = toy-v1",
@@ -242,7 +248,7 @@ def test_calibration_transformations(night: Production) -> None:
     assert drs4.outputs[0].metadata["data_level"] == "DRS4_PEDESTAL"
     t = night.transformation("calibration")
     pedcal = [r0(1806, 0, "PEDCALIB", calibration_sample_size=50)]
-    assert render_needs(t, pedcal) == {"drs4": "data_level = DRS4_PEDESTAL and run_id = 1805"}
+    assert need_texts(render_needs(t, pedcal)) == {"drs4": "data_level = DRS4_PEDESTAL and run_id = 1805"}
     calib = rendered(t, pedcal, ["/r0/pedcal.fits.fz"], drs4="/store/drs4_pedestal.Run01805.0000.h5")
     assert calib.argv == [
         PY,

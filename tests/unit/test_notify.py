@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -90,3 +91,72 @@ def test_notifier_urls() -> None:
         notifier_from_url("smtp://127.0.0.1:25")
     with pytest.raises(BadInput, match="use 'log'"):
         notifier_from_url("carrier-pigeon://coop")
+
+
+class AuthHook(BaseHTTPRequestHandler):
+    """A webhook that wants HTTP Basic authentication, as a chat service's incoming hook may."""
+
+    calls: ClassVar[list[tuple[str | None, dict[str, Any]]]] = []
+    expected = "Basic " + base64.b64encode(b"osa:p@ss:word").decode()
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        AuthHook.calls.append((self.headers["Authorization"], body))
+        self.send_response(204 if self.headers["Authorization"] == self.expected else 401)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_webhook_url_with_user_and_password_delivers_with_basic_auth() -> None:
+    server = HTTPServer(("127.0.0.1", 0), AuthHook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        # The password percent-encoded as URLs want it: "p@ss:word".
+        notifier = notifier_from_url(f"http://osa:p%40ss%3Aword@127.0.0.1:{server.server_port}/hooks/osa")
+        notifier.send("night closed", "all done")
+        with pytest.raises(OsaGridError, match="HTTP Error 401") as refused:
+            notifier_from_url(f"http://osa:wrong-pw@127.0.0.1:{server.server_port}/hooks/osa").send("s", "b")
+    finally:
+        server.shutdown()
+    assert AuthHook.calls[0] == (
+        AuthHook.expected,
+        {"subject": "night closed", "text": "night closed\nall done"},
+    )
+    assert "wrong-pw" not in str(refused.value) and f"127.0.0.1:{server.server_port}" in str(refused.value)
+    assert "p%40ss" not in repr(notifier) and "p%40ss" not in vars(notifier)["url"]
+
+
+def test_a_webhook_url_with_a_bad_port_is_bad_input() -> None:
+    with pytest.raises(BadInput, match="the port is not a number") as bad:
+        notifier_from_url("http://osa:hook-pw@127.0.0.1:eighty/x")
+    assert "hook-pw" not in str(bad.value)
+
+
+def test_a_webhook_that_redirects_is_an_error_and_the_credentials_stay_home() -> None:
+    target = HTTPServer(("127.0.0.1", 0), AuthHook)
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{target.server_port}/elsewhere")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    redirecting = HTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (target, redirecting):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    before = len(AuthHook.calls)
+    try:
+        with pytest.raises(OsaGridError, match="HTTP Error 307"):
+            notifier_from_url(f"http://osa:p%40ss%3Aword@127.0.0.1:{redirecting.server_port}/h").send(
+                "s", "b"
+            )
+    finally:
+        target.shutdown()
+        redirecting.shutdown()
+    assert len(AuthHook.calls) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
@@ -9,10 +10,16 @@ import pytest
 
 from osa_grid.core.models import Resources, Transformation
 from osa_grid.core.planner import FileRecord
+from osa_grid.core.query import Node, to_text
 from osa_grid.core.rendering import render_needs, render_outputs, render_task
 from osa_grid.errors import TemplateError, UnsafeName
 
 NIGHT = date(2024, 1, 2)
+
+
+def need_texts(needs: Mapping[str, Node]) -> dict[str, str]:
+    """Side-input queries as text, to compare with what a reader expects."""
+    return {name: to_text(node) for name, node in needs.items()}
 
 
 def transformation(
@@ -246,7 +253,7 @@ def test_unsafe_metadata_in_a_file_name(value: str) -> None:
         render_outputs("prod", transformation(outputs=outputs), "tid", [record(0, source=value)])
 
 
-@pytest.mark.parametrize("value", ["../../etc", "..", "a/../../b", "a//b"])
+@pytest.mark.parametrize("value", ["../../etc", "..", "a/../../b", "a//b", ""])
 def test_unsafe_metadata_in_a_directory(value: str) -> None:
     outputs = [{"name": "o", "file_name": "f.h5", "directory": "{production}/{source}"}]
     with pytest.raises(UnsafeName):
@@ -289,7 +296,7 @@ def with_needs(needs: dict[str, str], argv: list[str]) -> Transformation:
 
 def test_needs_are_rendered_with_the_common_metadata() -> None:
     t = with_needs({"calibration": "data_level = CALIB and night = {night}"}, ["prog"])
-    assert render_needs(t, [record(0), record(1)]) == {
+    assert need_texts(render_needs(t, [record(0), record(1)])) == {
         "calibration": "data_level = CALIB and night = 2024-01-02"
     }
 
@@ -304,3 +311,38 @@ def test_a_need_without_the_metadata_it_names_cannot_render() -> None:
     t = with_needs({"drive": "kind = drive and night = {night}"}, ["prog"])
     with pytest.raises(TemplateError, match="night"):
         render_needs(t, [record(0, night="x"), record(1)])
+
+
+# ----------------------------------------------------------- values that must stay data (issue 19)
+
+
+@pytest.mark.parametrize("value", ["-rf", "--help", "-", "--output=/etc/passwd"])
+def test_a_value_starting_with_a_dash_is_refused_as_a_whole_argument(value: str) -> None:
+    t = transformation(argv=["prog", "{source}"])
+    with pytest.raises(
+        TemplateError, match=r"argument \{source\} = .* starts with '-' and would read as an option"
+    ):
+        render(t, [record(0, source=value)])
+
+
+@pytest.mark.parametrize("value", ["-rf", "--help", "-5"])
+def test_a_value_starting_with_a_dash_is_fine_inside_an_option_or_after_the_end_of_options(
+    value: str,
+) -> None:
+    t = transformation(argv=["prog", "--source={source}", "--", "{source}"])
+    assert render(t, [record(0, source=value)]).argv == ["prog", f"--source={value}", "--", value]
+
+
+@pytest.mark.parametrize("value", ["a/b", "Crab/../..", "/etc", "a\\b"])
+def test_a_slash_from_a_value_never_adds_a_directory_level(value: str) -> None:
+    outputs = [{"name": "o", "file_name": "f.h5", "directory": "{production}/{source}"}]
+    with pytest.raises(
+        UnsafeName, match=r"\{source\} = .* contains '/' or .*: a value cannot add a directory"
+    ):
+        render_outputs("prod", transformation(outputs=outputs), "tid", [record(0, source=value)])
+
+
+def test_the_templates_own_slashes_make_directory_levels() -> None:
+    outputs = [{"name": "o", "file_name": "f.h5", "directory": "{production}/DL1/{night:%Y/%m}/{source}"}]
+    (output,) = render_outputs("prod", transformation(outputs=outputs), "tid", [record(0, source="Crab")])
+    assert output.lfn == "prod/DL1/2024/01/Crab/f.h5"

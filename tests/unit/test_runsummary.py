@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from osa_grid.core.metadata import check_metadata
 from osa_grid.core.runsummary import (
     NightRuns,
     RunInfo,
@@ -191,3 +195,144 @@ def test_a_night_without_data_runs_has_nothing_to_do() -> None:
 def test_an_impossible_delimiter_is_bad_input() -> None:
     with pytest.raises(BadInput, match="delimiter must be one character"):
         parse_run_summary("# %ECSV 1.0\n# ---\n# delimiter: ''\nrun_id\n", "RunSummary.ecsv")
+
+
+HEADER = "# %ECSV 1.0\n# ---\n# delimiter: ','\n# schema: astropy-2.0\nrun_id,n_subruns,run_type\n"
+
+
+@pytest.mark.parametrize(
+    ("run_id", "reason"),
+    [
+        ("1_807", "not a whole number"),  # int() reads it as 1807
+        ("١٨٠٧", "not a whole number"),  # Arabic-Indic digits: int() reads them as 1807
+        ("\uff11\uff18\uff10\uff17", "not a whole number"),  # fullwidth digits 1807
+        ("99999999999999999999", "not a whole number"),  # 20 digits: beyond any catalog integer
+        ("100000", "not between 0 and 99999"),  # 6 digits: run ids have 5
+        ("9" * 5000, "not a whole number"),  # int() refuses to read it (a traceback before)
+        ("-3", "not between 0 and 99999"),
+    ],
+)
+def test_run_ids_are_five_ascii_digits_refused_where_they_are_read(run_id: str, reason: str) -> None:
+    with pytest.raises(BadInput, match=r"^RunSummary\.ecsv:6: run_id ") as info:
+        parse_summary(HEADER + f"{run_id},3,DATA\n", "RunSummary.ecsv")
+    assert reason in str(info.value) and len(str(info.value)) < 200
+    with pytest.raises(BadInput, match=r"^NightSummary\.txt:1: run_id "):
+        parse_summary(f"{run_id} 3 DATA 2020-01-27 20:44:13\n", "NightSummary.txt")
+    catalog = "# %ECSV 1.0\n# ---\n# delimiter: ','\nrun_id,source_name,source_ra,source_dec\n"
+    with pytest.raises(BadInput, match=r"^RunCatalog\.ecsv:5: run_id "):
+        parse_run_catalog(catalog + f"{run_id},Crab,83.6,22.0\n", "RunCatalog.ecsv")
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ("1807,3_0,DATA", "n_subruns '3_0' is not a whole number"),
+        ("1807,٣,DATA", "n_subruns '٣' is not a whole number"),
+        ("1807,10001,DATA", "n_subruns 10001 is not between 0 and 10000"),  # sub-run ids have 4 digits
+    ],
+)
+def test_sub_run_counts_are_ascii_and_bounded(row: str, reason: str) -> None:
+    with pytest.raises(BadInput, match=rf"^RunSummary\.ecsv:6: {reason}"):
+        parse_summary(HEADER + row + "\n", "RunSummary.ecsv")
+
+
+def test_non_ascii_digits_elsewhere_are_refused_not_a_traceback() -> None:
+    text = OLD_ECSV.replace("1580158100000000000", "1_580_158_100_000_000_000")
+    with pytest.raises(BadInput, match=r"RunSummary\.ecsv:16: run_start '1_580"):
+        parse_run_summary(text, "RunSummary.ecsv")
+    assert evb_preprocessing_label("²") == "NONE"  # a digit for isdigit(), not for int(): ValueError before
+    assert evb_preprocessing_label("\u0661") == "NONE"  # Arabic-Indic one
+
+
+def test_a_run_listed_twice_names_both_lines() -> None:
+    with pytest.raises(
+        BadInput, match=r"^RunSummary\.ecsv:7: run 1807 is listed twice \(first at RunSummary\.ecsv:6\)"
+    ):
+        parse_summary(HEADER + "1807,3,DATA\n1807,4,ERROR\n", "RunSummary.ecsv")
+
+
+CATALOG = (
+    "# %ECSV 1.0\n# ---\n# delimiter: ','\n# schema: astropy-2.0\nrun_id,source_name,source_ra,source_dec\n"
+)
+
+
+def test_a_run_catalog_listing_a_run_twice_differently_is_refused_naming_both_lines() -> None:
+    text = CATALOG + "1807,Crab,83.6329,22.0145\n1808,Mrk 421,166.1,38.2\n1807,Mrk 501,253.5,39.8\n"
+    with pytest.raises(
+        BadInput,
+        match=r"^RunCatalog\.ecsv:8: run 1807 is listed twice, differently \(first at RunCatalog\.ecsv:6\)",
+    ):
+        parse_run_catalog(text, "RunCatalog.ecsv")
+    same = CATALOG + "1807,Crab,83.6329,22.0145\n1807,Crab,83.6329,22.0145\n"
+    assert parse_run_catalog(same, "RunCatalog.ecsv") == {1807: RunSource("Crab", 83.6329, 22.0145)}
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ("1807,Crab,nan,22.0", "must be numbers"),
+        ("1807,Crab,83.6,inf", "must be numbers"),
+        ("1807,Crab,1e999,22.0", "are not a sky position"),
+        ("1807,Crab,83.6,95", "are not a sky position"),
+        ("1807,Crab,8_3.6,22.0", "must be numbers"),
+        ("1807,Crab,٨٣.٦,22.0", "must be numbers"),
+        ("1807,Cr\x00ab,83.6,22.0", "source: value contains a NUL character"),
+        ("1807," + "x" * 1100 + ",83.6,22.0", "source: value longer than 1024 characters"),
+    ],
+)
+def test_one_bad_run_catalog_value_is_refused_naming_file_and_line(row: str, reason: str) -> None:
+    with pytest.raises(BadInput, match=r"^RunCatalog\.ecsv:6: ") as info:
+        parse_run_catalog(CATALOG + row + "\n", "RunCatalog.ecsv")
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "  \n\t\n"])
+def test_an_empty_run_summary_is_refused_not_read_as_no_runs(text: str) -> None:
+    with pytest.raises(BadInput, match=r"^RunSummary\.ecsv: the run summary is empty \(still being written"):
+        parse_summary(text, "RunSummary.ecsv")
+
+
+def test_a_run_summary_with_a_header_only_has_no_runs() -> None:
+    assert parse_summary(HEADER, "RunSummary.ecsv") == NightRuns(())
+    assert parse_summary("# comment only\n", "NightSummary.txt") == NightRuns(())
+
+
+# Values as a careless or hostile writer makes them: digits of any script, separators, signs, huge numbers.
+FIELD = st.one_of(
+    st.integers(-(10**25), 10**25).map(str),
+    st.text(alphabet=st.sampled_from(list("0123456789_+-.eE ١٨٠٧１２\x00nainf")), max_size=30),
+    st.text(max_size=20).filter(lambda t: "," not in t and "\n" not in t and '"' not in t and "\r" not in t),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(FIELD, FIELD, st.sampled_from(["DATA", "DRS4", "ERROR"])), max_size=4))
+def test_a_summary_yields_ascii_five_digit_runs_or_one_error_naming_file_and_line(
+    rows: list[tuple[str, str, str]],
+) -> None:
+    text = HEADER + "".join(f"{run},{subruns},{kind}\n" for run, subruns, kind in rows)
+    try:
+        runs = parse_summary(text, "RunSummary.ecsv")
+    except BadInput as exc:
+        assert re.match(r"RunSummary\.ecsv:\d+: ", str(exc)), exc
+        return
+    written = {int(run) for run, _, _ in rows}
+    assert {r.run_id for r in runs.runs} | {i.run_id for i in runs.ignored} == written
+    assert all(run.strip().lstrip("+-").isascii() for run, _, _ in rows)
+    assert all(0 <= r.run_id <= 99_999 and 0 <= r.n_subruns <= 10_000 for r in runs.runs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(FIELD, FIELD, FIELD, FIELD), max_size=4))
+def test_a_run_catalog_yields_registrable_sources_or_one_error_naming_file_and_line(
+    rows: list[tuple[str, str, str, str]],
+) -> None:
+    text = CATALOG + "".join(",".join(row) + "\n" for row in rows)
+    try:
+        sources = parse_run_catalog(text, "RunCatalog.ecsv")
+    except BadInput as exc:
+        assert re.match(r"RunCatalog\.ecsv:\d+: ", str(exc)), exc
+        return
+    for run_id, source in sources.items():
+        assert 0 <= run_id <= 99_999
+        check_metadata(source.metadata())  # what the night registers with the run's files
