@@ -41,7 +41,7 @@ from osa_grid.core.redaction import redact_argv, redact_env
 from osa_grid.core.rendering import RenderedOutput, RenderedTask, render_needs, render_outputs, render_task
 from osa_grid.core.staging import Window
 from osa_grid.core.states import ACTIVE, RUNNABLE, UNFINISHED, TaskState
-from osa_grid.core.validation import dependencies, producers, topological_order
+from osa_grid.core.validation import Producers, dependencies, topological_order
 from osa_grid.data.checksums import adler32
 from osa_grid.data.verify import clear_workdir, verify_product
 from osa_grid.errors import (
@@ -151,6 +151,7 @@ class Shepherd:
         self._parents = dependencies(production)
         self._software: dict[str, dict[str, str]] = {}
         self._digests: dict[str, str] = {}
+        self._producers = Producers(production)
         self._need_makers: dict[tuple[str, str], set[str]] = {}
         self._lease_renewed_at = -float("inf")
         # Inputs of the tasks this shepherd submitted, read once at submission and kept until they end.
@@ -523,7 +524,7 @@ class Shepherd:
         makers = self._need_makers.get((transformation.name, name))
         if makers is None:
             node = querylang.parse(templates.static_text(transformation.input.needs[name]))
-            makers = self._need_makers[(transformation.name, name)] = producers(self.production, node)
+            makers = self._need_makers[(transformation.name, name)] = self._producers.of(node)
         # Files a need expects from outside (registered by a site service) may still come: keep waiting.
         return bool(makers) and all(unfinished.get(m, 0) == 0 and waiting.get(m, 0) == 0 for m in makers)
 
