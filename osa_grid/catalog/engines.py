@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from osa_grid.core.redaction import redact_text
 from osa_grid.errors import BadInput, CatalogError
 from osa_grid.system import private_directory
 
@@ -109,16 +110,34 @@ ENGINE_FACTORIES: dict[str, Callable[[sa.URL], Engine]] = {
 }
 
 
+# What a user may write (the error for any other URL says so).
+SUPPORTED_URLS = (
+    "sqlite:///PATH, postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE (or postgresql+psycopg://...)"
+)
+
+
 def create_engine(url_text: str) -> Engine:
     try:
         url = make_url(url_text)
     except sa.exc.ArgumentError as exc:
-        raise BadInput(f"catalog URL {url_text!r} is not a database URL: {exc}") from exc
+        shown = redact_text(url_text)
+        raise BadInput(
+            f"catalog URL {shown!r} is not a database URL; supported URL schemes: {SUPPORTED_URLS}"
+        ) from exc
+    # The password never appears in a message (it did for a typo such as postgersql://).
+    shown = url.render_as_string(hide_password=True)
     factory = ENGINE_FACTORIES.get(url.get_backend_name())
     if factory is None:
-        known = ", ".join(sorted(ENGINE_FACTORIES))
-        raise BadInput(f"catalog URL {url_text!r}: unsupported database {url.get_backend_name()!r} ({known})")
+        raise BadInput(
+            f"catalog URL {shown!r}: unsupported database {url.get_backend_name()!r}; "
+            f"supported URL schemes: {SUPPORTED_URLS}"
+        )
     try:
         return factory(url)
+    except sa.exc.NoSuchModuleError as exc:  # postgresql+nodriver://
+        raise BadInput(
+            f"catalog URL {shown!r}: unknown driver {url.drivername!r}; "
+            f"supported URL schemes: {SUPPORTED_URLS}"
+        ) from exc
     except ImportError as exc:
         raise CatalogError(f"the driver for {url.get_backend_name()} is not installed: {exc}") from exc

@@ -32,10 +32,9 @@ from osa_grid.services.files import describe_paths, register_unless_unchanged
 from osa_grid.services.notify import notifier_from_url
 from osa_grid.services.productions import (
     change_states,
-    definition_of,
-    digest_of,
     load_production,
     production_from_definition,
+    save_production,
 )
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
 from osa_grid.services.workspace import Workspace, open_workspace
@@ -121,9 +120,7 @@ def _production(workspace: Workspace, name_or_file: str) -> Production:
     path = Path(name_or_file)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         production = load_production(path)
-        workspace.catalog.save_production(
-            production.name, definition_of(production), digest_of(production), path.read_text()
-        )
+        save_production(workspace.catalog, production, path.read_text())
         return production
     return production_from_definition(workspace.catalog.production_definition(name_or_file))
 
@@ -145,9 +142,7 @@ def production_run(
         settings = settings.model_copy(update={"max_cores": max_cores})
     with open_workspace(settings) as workspace:
         production = load_production(production_file)
-        workspace.catalog.save_production(
-            production.name, definition_of(production), digest_of(production), production_file.read_text()
-        )
+        save_production(workspace.catalog, production, production_file.read_text())
         options = ShepherdOptions(
             once=once,
             flush=flush,

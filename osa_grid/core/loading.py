@@ -17,6 +17,7 @@ from osa_grid.core.campaign import Campaign, software_problems
 from osa_grid.core.models import Production
 from osa_grid.core.nightly import NightlyWorkflow, column_transformations
 from osa_grid.core.validation import check_production
+from osa_grid.core.yaml_limits import compose
 from osa_grid.errors import CampaignInvalid, ProductionInvalid
 
 Path = tuple[str | int, ...]
@@ -66,7 +67,7 @@ class Document:
 
 def parse_yaml(text: str, source: str) -> Document:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source

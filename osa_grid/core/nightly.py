@@ -16,7 +16,7 @@ from osa_grid.core.models import Production, Strict, Template, Transformation
 from osa_grid.core.query import literal_text
 from osa_grid.core.sequences import NightPlan
 from osa_grid.core.states import TaskState
-from osa_grid.core.validation import dependencies, producers, topological_order
+from osa_grid.core.validation import Producers, dependencies, topological_order
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
 
@@ -85,7 +85,7 @@ def night_production(workflow: NightlyWorkflow, plan: NightPlan) -> Production:
     """
     name = production_name(workflow, plan.night)
     raw = raw_consumers(workflow)
-    generic = Production(name=workflow.name, transformations=workflow.transformations)
+    makers = Producers(Production(name=workflow.name, transformations=workflow.transformations))
     runs = ", ".join(str(run.run_id) for run, _night in plan.runs_to_process()) or "-1"
     own = f"production = {literal_text(name)}"
     transformations = []
@@ -94,7 +94,7 @@ def night_production(workflow: NightlyWorkflow, plan: NightPlan) -> Production:
         # Side inputs the workflow makes (e.g. the calibration file) must be tonight's; the others (drive
         # log, analysis configuration, models) come from the site or another production.
         needs = {
-            key: f"({query}) and {own}" if producers(generic, _need_node(query)) else query
+            key: f"({query}) and {own}" if makers.of(_need_node(query)) else query
             for key, query in transformation.input.needs.items()
         }
         spec = transformation.input.model_copy(
@@ -138,12 +138,8 @@ def per_subrun_transformations(workflow: NightlyWorkflow) -> set[str]:
 
 def raw_consumers(workflow: NightlyWorkflow) -> set[str]:
     """Transformations whose inputs no other transformation makes: they start from the site's raw files."""
-    generic = Production(name=workflow.name, transformations=workflow.transformations)
-    return {
-        t.name
-        for t in workflow.transformations
-        if not producers(generic, querylang.parse(t.input.query), t.name)
-    }
+    makers = Producers(Production(name=workflow.name, transformations=workflow.transformations))
+    return {t.name for t in workflow.transformations if not makers.of(querylang.parse(t.input.query), t.name)}
 
 
 def render_site_path(template: str, night: date, workflow: NightlyWorkflow) -> str:

@@ -13,6 +13,7 @@ from typing import Literal
 
 import yaml
 
+from osa_grid.core import yaml_limits
 from osa_grid.core.metadata import check_metadata
 from osa_grid.errors import BadInput
 
@@ -208,9 +209,13 @@ def _split_ecsv(text: str, source: str) -> tuple[object, str, int]:
     if not header_lines or not header_lines[0].startswith("%ECSV"):
         raise BadInput(f"{source}:1: not an ECSV file (no '# %ECSV' line)")
     try:
-        header = yaml.safe_load("\n".join(header_lines[1:])) or {}
+        header = yaml_limits.safe_load("\n".join(header_lines[1:])) or {}
     except yaml.YAMLError as exc:
-        raise BadInput(f"{source}: the ECSV header is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        # The header's YAML starts on the file's second line (after "# %ECSV").
+        where = f"{source}:{mark.line + 2}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise BadInput(f"{where}: the ECSV header is not valid YAML: {problem}") from exc
     return header, "\n".join(body_lines), first_line
 
 

@@ -1,11 +1,19 @@
-"""Checks across a production's transformations: names, parents, cycles, queries, templates."""
+"""Checks across a production's transformations: names, parents, cycles, queries, templates.
+
+Everything here is linear in the number of transformations, or output-sensitive: which outputs could feed a
+query is found through an index of the outputs' fixed metadata (``Producers``), not by trying every pair, so a
+production of thousands of transformations validates in about the time it takes to read it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
 
 from osa_grid.core import query as querylang
 from osa_grid.core import templates
+from osa_grid.core.metadata import MetaValue, sortable_text
 from osa_grid.core.models import Output, Production, Transformation
 from osa_grid.errors import QuerySyntaxError
 
@@ -14,12 +22,15 @@ Problem = tuple[Sequence[str | int], str]
 
 def check_production(production: Production) -> list[Problem]:
     problems: list[Problem] = []
-    names = [t.name for t in production.transformations]
-    for index, name in enumerate(names):
-        if names.index(name) != index:
-            problems.append((("transformations", index, "name"), f"transformation {name!r} is defined twice"))
+    seen: set[str] = set()
     for index, transformation in enumerate(production.transformations):
-        problems += _check_transformation(production, index, transformation)
+        name = transformation.name
+        if name in seen:
+            problems.append((("transformations", index, "name"), f"transformation {name!r} is defined twice"))
+        seen.add(name)
+    by_name = {t.name: t for t in reversed(production.transformations)}  # the first of a name wins
+    for index, transformation in enumerate(production.transformations):
+        problems += _check_transformation(production, by_name, index, transformation)
     if not problems:
         cycle = find_cycle(production)
         if cycle:
@@ -28,7 +39,7 @@ def check_production(production: Production) -> list[Problem]:
 
 
 def _check_transformation(
-    production: Production, index: int, transformation: Transformation
+    production: Production, by_name: dict[str, Transformation], index: int, transformation: Transformation
 ) -> list[Problem]:
     base: tuple[str | int, ...] = ("transformations", index)
     problems: list[Problem] = []
@@ -41,13 +52,12 @@ def _check_transformation(
             querylang.parse_template(template)
         except QuerySyntaxError as exc:
             problems.append(((*base, "input", "needs", name), str(exc)))
-    known = {t.name for t in production.transformations}
     for parent in transformation.input.parents:
-        if parent not in known:
+        if parent not in by_name:
             problems.append(((*base, "input", "from"), f"unknown parent transformation {parent!r}"))
         elif parent == transformation.name:
             problems.append(((*base, "input", "from"), "a transformation cannot be its own parent"))
-        elif not _feeds(production, production.transformation(parent), node):
+        elif not _feeds(production, by_name[parent], node):
             problems.append(
                 (
                     (*base, "input", "query"),
@@ -67,16 +77,116 @@ def _check_transformation(
     return problems
 
 
+def _known(production: Production, parent: Transformation, output: Output) -> dict[str, MetaValue]:
+    """What every file made by this output holds for sure."""
+    return {**output.metadata, "production": production.name, "transformation": parent.name}
+
+
 def _output_can_match(
     production: Production, parent: Transformation, output: Output, node: querylang.Node
 ) -> bool:
     """Could a file made by this output match the query? Inherited keys are unknown, so maybe."""
-    known = {**output.metadata, "production": production.name, "transformation": parent.name}
-    return querylang.satisfiable(node, known, open_keys=output.inherit != "none")
+    return querylang.satisfiable(node, _known(production, parent, output), open_keys=output.inherit != "none")
 
 
 def _feeds(production: Production, parent: Transformation, node: querylang.Node) -> bool:
     return any(_output_can_match(production, parent, output, node) for output in parent.outputs)
+
+
+@dataclass(frozen=True)
+class _Made:
+    """One output of a transformation, as a query sees the files it makes."""
+
+    transformation: str
+    known: dict[str, MetaValue]
+    open_keys: bool
+
+
+class Producers:
+    """Which transformations' outputs could match a query, without trying every output.
+
+    The outputs' fixed metadata is indexed by key and value. A query that requires ``key = value`` (or
+    ``key in (...)``) at its top level can only be matched by outputs holding that value or not fixing the
+    key (open, inherited keys): only those candidates are tried with ``querylang.satisfiable``, with the
+    answer it would give on every output. Build one per production and ask it many queries.
+    """
+
+    def __init__(self, production: Production) -> None:
+        self._made = [
+            _Made(t.name, _known(production, t, output), output.inherit != "none")
+            for t in production.transformations
+            for output in t.outputs
+        ]
+        self._by_value: dict[str, dict[Hashable, list[int]]] = {}
+        self._unindexed: dict[str, list[int]] = {}  # outputs whose value for the key has no equality bucket
+        for position, made in enumerate(self._made):
+            for key, value in made.known.items():
+                bucket = _equality_bucket(value)
+                if bucket is None:
+                    self._unindexed.setdefault(key, []).append(position)
+                else:
+                    self._by_value.setdefault(key, {}).setdefault(bucket, []).append(position)
+        self._open_without: dict[str, list[int]] = {}  # key -> outputs for which the key is unknown
+
+    def of(self, node: querylang.Node, besides: str = "") -> set[str]:
+        """Names of the transformations (but ``besides``) whose outputs could match the query."""
+        return {
+            self._made[position].transformation
+            for position in self._candidates(node)
+            if self._made[position].transformation != besides
+            and querylang.satisfiable(node, self._made[position].known, self._made[position].open_keys)
+        }
+
+    def _candidates(self, node: querylang.Node) -> Iterable[int]:
+        best: list[int] | None = None
+        for key, values in _required_values(node):
+            found = self._holding(key, values)
+            if found is not None and (best is None or len(found) < len(best)):
+                best = found
+        return range(len(self._made)) if best is None else sorted(set(best))
+
+    def _holding(self, key: str, values: Sequence[MetaValue]) -> list[int] | None:
+        """Outputs whose files could hold one of ``values`` for ``key`` (None: the values are not indexed)."""
+        buckets = [_equality_bucket(value) for value in values]
+        if any(bucket is None for bucket in buckets):
+            return None
+        by_value = self._by_value.get(key, {})
+        found = [position for bucket in buckets for position in by_value.get(bucket, [])]
+        return found + self._unindexed.get(key, []) + self._open_without_key(key)
+
+    def _open_without_key(self, key: str) -> list[int]:
+        if key not in self._open_without:
+            self._open_without[key] = [
+                position
+                for position, made in enumerate(self._made)
+                if made.open_keys and key not in made.known
+            ]
+        return self._open_without[key]
+
+
+def _required_values(node: querylang.Node) -> Iterable[tuple[str, Sequence[MetaValue]]]:
+    """``(key, values)`` for each top-level condition a matching file must meet with one of the values."""
+    if isinstance(node, querylang.And):
+        for item in node.items:
+            yield from _required_values(item)
+    elif isinstance(node, querylang.Comparison) and node.op == "=":
+        yield node.key, (node.value,)
+    elif isinstance(node, querylang.InList) and not node.negated:
+        yield node.key, node.values
+
+
+def _equality_bucket(value: object) -> Hashable | None:
+    """Equal values (as ``querylang.compare`` sees them) share a bucket; None when there is none to share."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str | date):
+        return ("text", sortable_text(value))
+    if isinstance(value, int | float):
+        try:
+            return ("number", float(value))  # ints and floats compare in double precision
+        except OverflowError:
+            return ("number", "beyond a double")
+    return None
 
 
 def need_queries(transformation: Transformation) -> list[querylang.Node]:
@@ -84,17 +194,13 @@ def need_queries(transformation: Transformation) -> list[querylang.Node]:
     return [querylang.parse_template(t).shape for t in transformation.input.needs.values()]
 
 
-def producers(production: Production, node: querylang.Node, besides: str = "") -> set[str]:
-    """Transformations whose outputs could match the query."""
-    return {t.name for t in production.transformations if t.name != besides and _feeds(production, t, node)}
-
-
 def feeders(production: Production) -> dict[str, set[str]]:
     """For each transformation, the others whose outputs could become its inputs or side inputs."""
+    index = Producers(production)
     found: dict[str, set[str]] = {}
     for child in production.transformations:
         nodes = [querylang.parse(child.input.query), *need_queries(child)]
-        found[child.name] = set().union(*(producers(production, node, child.name) for node in nodes))
+        found[child.name] = set().union(*(index.of(node, child.name) for node in nodes))
     return found
 
 
@@ -129,42 +235,53 @@ def find_cycle(production: Production) -> list[str]:
     """A list of names forming a cycle of dependencies, or [] when the graph is a DAG."""
     parents = dependencies(production)
     state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
-    path: list[str] = []
-
-    def visit(name: str) -> list[str]:
-        state[name] = 1
-        path.append(name)
-        for parent in parents.get(name, []):
-            if state.get(parent) == 1:
+    for root in parents:
+        if root in state:
+            continue
+        # Depth-first without recursion: a chain of thousands of transformations must not exhaust the stack.
+        path = [root]
+        pending = [iter(parents[root])]
+        state[root] = 1
+        while pending:
+            parent = next(pending[-1], None)
+            if parent is None:
+                state[path.pop()] = 2
+                pending.pop()
+            elif state.get(parent) == 1:
                 return [*path[path.index(parent) :], parent]
-            if parent not in state:
-                found = visit(parent)
-                if found:
-                    return found
-        path.pop()
-        state[name] = 2
-        return []
-
-    for name in parents:
-        if name not in state:
-            found = visit(name)
-            if found:
-                return found
+            elif parent not in state:
+                state[parent] = 1
+                path.append(parent)
+                pending.append(iter(parents.get(parent, [])))
     return []
 
 
 def topological_order(production: Production) -> list[Transformation]:
-    """Parents (declared or inferred) before children; ties keep the order of the file."""
+    """Parents (declared or inferred) before children; ties keep the order of the file.
+
+    A transformation's rank is one more than its parents' highest (0 without parents): the order is by rank,
+    then by place in the file.
+    """
     parents = dependencies(production)
-    done: set[str] = set()
-    ordered: list[Transformation] = []
-    remaining = list(production.transformations)
-    while remaining:
-        ready = [t for t in remaining if all(p in done for p in parents[t.name])]
-        if not ready:
-            raise ValueError("cycle in production (check_production should have caught it)")
-        for transformation in ready:
-            ordered.append(transformation)
-            done.add(transformation.name)
-        remaining = [t for t in remaining if t.name not in done]
-    return ordered
+    children: dict[str, list[str]] = {name: [] for name in parents}
+    waiting = {name: len(set(names)) for name, names in parents.items()}
+    for name, names in parents.items():
+        for parent in set(names):
+            if parent not in children:
+                raise ValueError(f"unknown parent {parent!r} (check_production should have caught it)")
+            children[parent].append(name)
+    rank = dict.fromkeys(parents, 0)
+    ready = [name for name, count in waiting.items() if count == 0]
+    ranked = 0
+    while ready:
+        name = ready.pop()
+        ranked += 1
+        for child in children[name]:
+            rank[child] = max(rank[child], rank[name] + 1)
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    if ranked < len(parents):
+        raise ValueError("cycle in production (check_production should have caught it)")
+    place = {t.name: position for position, t in enumerate(production.transformations)}
+    return sorted(production.transformations, key=lambda t: (rank[t.name], place[t.name]))

@@ -27,6 +27,7 @@ from osa_grid.core.loading import build_campaign
 from osa_grid.core.models import Production
 from osa_grid.core.outages import Outage
 from osa_grid.core.planner import input_query
+from osa_grid.core.redaction import hidden_values, redact_mapping, redact_production, redact_text
 from osa_grid.core.staging import Window
 from osa_grid.core.states import ACTIVE, CANCEL, RETRY_FAILED, TaskState
 from osa_grid.core.validation import topological_order
@@ -40,7 +41,9 @@ from osa_grid.services.productions import (
     definition_of,
     digest_of,
     expand_includes,
+    hides_secrets,
     read_document,
+    save_production,
 )
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
 from osa_grid.services.workspace import Workspace
@@ -62,13 +65,49 @@ class LoadedCampaign:
     @property
     def digest(self) -> str:
         text = json.dumps(
-            {
-                "campaign": self.campaign.model_dump(mode="json", by_alias=True),
-                "production": digest_of(self.production),
-            },
-            sort_keys=True,
+            {"campaign": self.record["campaign"], "production": digest_of(self.production)}, sort_keys=True
         )
         return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What the catalog keeps: the definitions with the secrets written in them hidden.
+
+        ``secrets_hidden`` says that running the campaign needs its file again (``stored_campaign``).
+        """
+        campaign = self.campaign.model_dump(mode="json", by_alias=True)
+        return {
+            "campaign": redact_campaign(campaign),
+            "production": definition_of(self.production),
+            "secrets_hidden": redact_campaign(campaign) != campaign or hides_secrets(self.production),
+        }
+
+    def secrets(self) -> set[str]:
+        """The values ``record`` hides."""
+        real = {
+            "campaign": self.campaign.model_dump(mode="json", by_alias=True),
+            "production": self.production.model_dump(mode="json", by_alias=True),
+        }
+        return hidden_values(real, self.record)
+
+
+def redact_campaign(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """A campaign's definition (its JSON dump) as it may be recorded: secret-named backend options hidden,
+    free texts redacted, an inline production as ``definition_of`` records it."""
+    recorded = dict(definition)
+    recorded["description"] = redact_text(definition.get("description") or "")
+    recorded["backend"] = {
+        **definition["backend"],
+        "options": redact_mapping(definition["backend"]["options"]),
+    }
+    if definition["software"].get("container"):
+        recorded["software"] = {
+            **definition["software"],
+            "container": redact_text(definition["software"]["container"]),
+        }
+    if isinstance(definition["production"], Mapping):
+        recorded["production"] = redact_production(definition["production"])
+    return recorded
 
 
 def load_campaign(path: Path) -> LoadedCampaign:
@@ -89,13 +128,32 @@ def load_campaign(path: Path) -> LoadedCampaign:
     return LoadedCampaign(stored, scoped_production(campaign, base), str(path.resolve()))
 
 
-def stored_campaign(catalog: Catalog, name: str) -> tuple[CampaignRow, LoadedCampaign]:
+def stored_campaign(
+    catalog: Catalog, name: str, with_secrets: bool = False
+) -> tuple[CampaignRow, LoadedCampaign]:
+    """The campaign as the catalog keeps it; ``with_secrets``: as it runs, the secrets the catalog hides
+    read again from its file (which must still say what the catalog keeps)."""
     row = catalog.campaign(name)
     if row is None:
         raise CampaignInvalid(f"no campaign named {name!r} in the catalog ({catalog.describe_url()})")
+    if with_secrets and row.definition.get("secrets_hidden"):
+        return row, _with_secrets(row)
     campaign = Campaign.model_validate(row.definition["campaign"])
     production = Production.model_validate(row.definition["production"])
     return row, LoadedCampaign(campaign, production, row.file)
+
+
+def _with_secrets(row: CampaignRow) -> LoadedCampaign:
+    hidden = f"campaign {row.name} has secrets the catalog keeps hidden (***)"
+    if row.file is None or not Path(row.file).is_file():
+        raise CampaignInvalid(f"{hidden}; they are read from its file {row.file}, which is gone: restore it")
+    loaded = load_campaign(Path(row.file))
+    if loaded.record != row.definition:
+        raise CampaignInvalid(
+            f"{hidden}; they are read from its file {row.file}, which has changed since the campaign was "
+            "submitted: restore it, or submit the changed campaign under a new name"
+        )
+    return loaded
 
 
 def campaign_settings(settings: Settings, campaign: Campaign, backend: str) -> Settings:
@@ -209,12 +267,7 @@ def submit(workspace: Workspace, loaded: LoadedCampaign, backend_name: str | Non
     check_environment(loaded.production, backend)
     plan = make_plan(catalog, loaded, backend)
     production = loaded.production
-    catalog.save_production(
-        production.name,
-        definition_of(production),
-        digest_of(production),
-        loaded.file and Path(loaded.file).read_text(),
-    )
+    save_production(catalog, production, loaded.file and Path(loaded.file).read_text(), loaded.secrets())
     if campaign.products.dataset is not None:
         _dataset(catalog, campaign)
     now = datetime.now(UTC)
@@ -223,10 +276,7 @@ def submit(workspace: Workspace, loaded: LoadedCampaign, backend_name: str | Non
             name=loaded.name,
             production=production.name,
             file=loaded.file,
-            definition={
-                "campaign": campaign.model_dump(mode="json", by_alias=True),
-                "production": definition_of(production),
-            },
+            definition=loaded.record,
             digest=loaded.digest,
             status="active",
             kill_requested=False,
@@ -273,7 +323,7 @@ def run(
     on_pass: Callable[[PassReport], None] | None = None,
 ) -> RunOutcome:
     """The campaign's shepherd: passes until it is done, stopped or cancelled (one pass with ``once``)."""
-    row, loaded = stored_campaign(workspace.catalog, name)
+    row, loaded = stored_campaign(workspace.catalog, name, with_secrets=True)
     if row.status == "cancelled":
         raise CampaignInvalid(f"campaign {name} was cancelled")
     workspace.settings = campaign_settings(workspace.settings, loaded.campaign, row.backend)
@@ -356,7 +406,7 @@ def _kill(catalog: Catalog, backend: Backend, production: str, reason: str) -> i
 # --------------------------------------------------------------------------------------------- steering
 def stop(workspace: Workspace, name: str, kill: bool) -> str:
     """No new submissions; running jobs finish (or are killed). Says what happens next."""
-    row, loaded = stored_campaign(workspace.catalog, name)
+    row, loaded = stored_campaign(workspace.catalog, name, with_secrets=kill)
     if row.status in ("cancelled", "done"):
         raise CampaignInvalid(f"campaign {name} is {row.status}: nothing to stop")
     workspace.catalog.update_campaign(name, "campaign_stopped", status="stopped", kill_requested=kill)
@@ -411,7 +461,7 @@ def retry_failed(workspace: Workspace, name: str) -> int:
 
 
 def cancel(workspace: Workspace, name: str) -> int:
-    row, loaded = stored_campaign(workspace.catalog, name)
+    row, loaded = stored_campaign(workspace.catalog, name, with_secrets=True)
     workspace.settings = campaign_settings(workspace.settings, loaded.campaign, row.backend)
     workspace.catalog.update_campaign(name, "campaign_cancelled", status="cancelled", kill_requested=False)
     return len(change_states(workspace, row.production, CANCEL))

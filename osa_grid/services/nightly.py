@@ -42,7 +42,7 @@ from osa_grid.services.files import describe_path
 from osa_grid.services.nightweb import render_page, write_page
 from osa_grid.services.notify import Notifier
 from osa_grid.services.outages import default_alert_after
-from osa_grid.services.productions import definition_of, digest_of
+from osa_grid.services.productions import save_production
 from osa_grid.services.provenance import production_prov_json
 from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
 
@@ -325,8 +325,7 @@ class Night:
 
 
 def save_night_production(catalog: Catalog, night: Night) -> None:
-    production = night.production
-    catalog.save_production(production.name, definition_of(production), digest_of(production), None)
+    save_production(catalog, night.production, None)
 
 
 @dataclass(frozen=True)

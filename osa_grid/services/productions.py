@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from osa_grid.catalog.store import TaskRow
+from osa_grid.catalog.store import Catalog, TaskRow
 from osa_grid.core.loading import Document, build_nightly_workflow, build_production, parse_yaml
 from osa_grid.core.models import Production
 from osa_grid.core.nightly import NightlyWorkflow
+from osa_grid.core.redaction import hidden_values, redact_production, redact_source
 from osa_grid.core.states import ACTIVE, OperatorAction, TaskState
 from osa_grid.errors import ProductionInvalid
 from osa_grid.resources import shipped
@@ -80,11 +81,38 @@ def load_nightly_workflow(path: Path) -> NightlyWorkflow:
 
 
 def definition_of(production: Production) -> dict[str, Any]:
-    return production.model_dump(mode="json", by_alias=True)
+    """The production as the catalog keeps it and users see it: secrets written in it hidden.
+
+    Steps run from the ``Production`` itself, with the real values; a campaign, which runs from the catalog,
+    reads them again from its file (``services.campaign``).
+    """
+    return redact_production(production.model_dump(mode="json", by_alias=True))
 
 
 def digest_of(production: Production) -> str:
+    """The digest of what is recorded (a digest of the secrets too would let one test guesses of them)."""
     return hashlib.sha256(json.dumps(definition_of(production), sort_keys=True).encode()).hexdigest()
+
+
+def hides_secrets(production: Production) -> bool:
+    return definition_of(production) != production.model_dump(mode="json", by_alias=True)
+
+
+def source_to_record(text: str, production: Production, also_hidden: set[str]) -> str | None:
+    """A production file's text as the catalog keeps it: the values ``definition_of`` hides hidden in it."""
+    real = production.model_dump(mode="json", by_alias=True)
+    return redact_source(text, hidden_values(real, definition_of(production)) | also_hidden)
+
+
+def save_production(
+    catalog: Catalog, production: Production, source: str | None, also_hidden: set[str] | None = None
+) -> bool:
+    """Store the production as it may be recorded; ``source``: the text of its file (a campaign's file: its
+    own hidden values in ``also_hidden``)."""
+    recorded = None if source is None else source_to_record(source, production, also_hidden or set())
+    return catalog.save_production(
+        production.name, definition_of(production), digest_of(production), recorded
+    )
 
 
 def production_from_definition(definition: dict[str, Any]) -> Production:

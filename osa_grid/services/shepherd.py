@@ -37,11 +37,18 @@ from osa_grid.core.planner import (
     plan_groups,
     upstream_drained,
 )
-from osa_grid.core.redaction import redact_argv, redact_env
+from osa_grid.core.redaction import (
+    hidden_values,
+    hide_values,
+    redact_argv,
+    redact_env,
+    redact_production,
+    redact_transformation,
+)
 from osa_grid.core.rendering import RenderedOutput, RenderedTask, render_needs, render_outputs, render_task
 from osa_grid.core.staging import Window
 from osa_grid.core.states import ACTIVE, RUNNABLE, UNFINISHED, TaskState
-from osa_grid.core.validation import dependencies, producers, topological_order
+from osa_grid.core.validation import Producers, dependencies, topological_order
 from osa_grid.data.checksums import adler32
 from osa_grid.data.verify import clear_workdir, verify_product
 from osa_grid.errors import (
@@ -178,6 +185,10 @@ class Shepherd:
         self._parents = dependencies(production)
         self._software: dict[str, dict[str, str]] = {}
         self._digests: dict[str, str] = {}
+        self._producers = Producers(production)
+        # The values the production's recorded definition hides, wherever a template puts them.
+        dump = production.model_dump(mode="json", by_alias=True)
+        self._secrets = hidden_values(dump, redact_production(dump))
         self._need_makers: dict[tuple[str, str], set[str]] = {}
         self._lease_renewed_at = -float("inf")
         # Inputs of the tasks this shepherd submitted, read once at submission and kept until they end.
@@ -614,7 +625,7 @@ class Shepherd:
         makers = self._need_makers.get((transformation.name, name))
         if makers is None:
             node = querylang.parse_template(transformation.input.needs[name]).shape
-            makers = self._need_makers[(transformation.name, name)] = producers(self.production, node)
+            makers = self._need_makers[(transformation.name, name)] = self._producers.of(node)
         # Files a need expects from outside (registered by a site service) may still come: keep waiting.
         return bool(makers) and all(unfinished.get(m, 0) == 0 and waiting.get(m, 0) == 0 for m in makers)
 
@@ -792,8 +803,8 @@ class Shepherd:
         return {
             "attempt": task.attempt,
             # Provenance is kept for years and read by many: the tokens a step is given are not kept.
-            "argv": redact_argv(argv),
-            "env": redact_env(env),
+            "argv": [hide_values(arg, self._secrets) for arg in redact_argv(argv)],
+            "env": {name: hide_values(value, self._secrets) for name, value in redact_env(env).items()},
             "software": self._software_versions(transformation),
             "config_digest": self._config_digest(transformation),
             "host": socket.gethostname(),
@@ -822,7 +833,10 @@ class Shepherd:
 
     def _config_digest(self, transformation: Transformation) -> str:
         if transformation.name not in self._digests:
-            digest = hashlib.sha256(transformation.model_dump_json().encode()).hexdigest()
+            # Of the transformation as recorded: a digest of its secrets would let one test guesses of them.
+            recorded = redact_transformation(transformation.model_dump(mode="json", by_alias=True))
+            shown = Transformation.model_validate(recorded).model_dump_json()
+            digest = hashlib.sha256(shown.encode()).hexdigest()
             self._digests[transformation.name] = digest
         return self._digests[transformation.name]
 

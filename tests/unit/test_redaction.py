@@ -7,7 +7,9 @@ import logging
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from osa_grid.cli.app import app
 from osa_grid.core.redaction import HIDDEN, redact_argv, redact_env, redact_text
 from osa_grid.errors import BadInput, OsaGridError
 from osa_grid.logs import configure, event, get_logger
@@ -102,3 +104,51 @@ def test_notify_errors_never_show_the_urls_credentials() -> None:
     with pytest.raises(BadInput) as bad:
         notifier_from_url("gopher://osa:other-pw@site")
     assert "other-pw" not in str(bad.value)
+
+
+@given(SECRET)
+@settings(max_examples=200)
+def test_short_password_options_of_the_programs_that_have_them(secret: str) -> None:
+    """``-p SECRET`` was recorded as written: hidden for the programs whose ``-p`` (``-a``, ``-w``...) is a
+    password."""
+    for argv, expected in [
+        (["mysql", "-u", "osa", f"-p{secret}", "runs"], ["mysql", "-u", "osa", f"-p{HIDDEN}", "runs"]),
+        (["/usr/bin/mysqldump", "-p", secret, "db"], ["/usr/bin/mysqldump", "-p", HIDDEN, "db"]),
+        (["sshpass", "-p", secret, "scp", "a", "b:"], ["sshpass", "-p", HIDDEN, "scp", "a", "b:"]),
+        (
+            ["env", "A=1", "redis-cli", "-a", secret, "ping"],
+            ["env", "A=1", "redis-cli", "-a", HIDDEN, "ping"],
+        ),
+        (["ldapsearch", "-x", f"-w{secret}"], ["ldapsearch", "-x", f"-w{HIDDEN}"]),
+    ]:
+        assert redact_argv(argv) == expected
+
+
+def test_short_options_of_other_programs_are_kept() -> None:
+    """``-p`` is a pedestal file, a file pattern or a port for the payload and common tools: kept."""
+    for argv in [
+        ["lstchain_data_r0_to_dl1", "-i", "run.fits.fz", "-o", "dl1/", "-p", "drs4_pedestal.h5"],
+        ["lstchain_merge_hdf5_files", "-d", "dl1/", "-p", "dl1_*.h5", "-o", "merged.h5"],
+        ["psql", "-h", "db.site", "-p", "5432", "-U", "osa"],
+        ["python", "-m", "osa_grid.steps.lstchain", "-p", "pedestal.h5", "-pfile.h5"],
+        ["mytool", "-w", "4", "-a", "all", "-u", "user"],
+    ]:
+        assert redact_argv(argv) == argv
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "oracle://osa:S3cr3t-pw@db.site/catalog",
+        "postgersql://osa:S3cr3t-pw@db.site/catalog",  # a typo
+        "postgresql+nodriver://osa:S3cr3t-pw@db.site/catalog",  # a traceback before
+        "not a url://osa:S3cr3t-pw@db.site",
+    ],
+)
+def test_an_unsupported_catalog_url_is_named_without_its_password(url: str) -> None:
+    result = CliRunner().invoke(app, ["--catalog", url, "status"])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "S3cr3t-pw" not in output and "osa:***@db.site" in output
+    assert "supported URL schemes: sqlite:///PATH, postgresql://" in output
+    assert "Traceback" not in output
