@@ -75,10 +75,19 @@ def _events(catalog: Catalog, kind: str) -> list[dict[str, object]]:
     return [e for e in catalog.events() if e["kind"] == kind]
 
 
+def _start(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A shepherd whose output goes to files: a pipe nobody reads fills up with the clients' retry lines
+    (one ERROR per refused connection) and blocks the shepherd before it can raise the alert."""
+    out_log, err_log = cwd / "shepherd.out", cwd / "shepherd.err"
+    with out_log.open("w") as out, err_log.open("w") as err:
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=err, text=True)
+    return process, err_log
+
+
 def _wait_for_event(world: ToyWorld, kind: str, process: subprocess.Popen[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
+        assert process.poll() is None, f"the shepherd ended with exit code {process.returncode}"
         catalog = world.catalog()
         try:
             if _events(catalog, kind):
@@ -111,14 +120,8 @@ def test_rucio_down_is_alerted_once_shown_by_status_and_its_end_noticed(
         "OSA_GRID_RUCIO_OUTAGE_ALERT_AFTER": "2",
         "OSA_GRID_NOTIFY": hook_url,
     }
-    shepherd = subprocess.Popen(
-        [*OSA_GRID, "production", "run", "--no-live", str(production)],
-        env=env,
-        cwd=world.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv = [*OSA_GRID, "production", "run", "--no-live", str(production)]
+    shepherd, err_log = _start(argv, env, world.root)
     try:
         _wait_for_event(world, "service_outage_alert", shepherd, timeout=120)
         status = world.osa_grid("status")
@@ -127,7 +130,8 @@ def test_rucio_down_is_alerted_once_shown_by_status_and_its_end_noticed(
         assert down in status.stdout.replace("\n", "")
     finally:
         shepherd.send_signal(signal.SIGINT)
-        _out, err = shepherd.communicate(timeout=60)
+        shepherd.wait(timeout=60)
+    err = err_log.read_text()
     assert "Traceback" not in err, err
     assert err.count("service_outage_alert") == 1, err  # the WARNING line, once
 
@@ -187,13 +191,10 @@ def test_dirac_down_for_a_campaign_is_alerted_shown_by_campaign_status_and_its_e
     path = write_campaign(world, name=name, limits={"max_jobs_in_flight": 4})
     down = f"http://127.0.0.1:{_closed_port()}"
     alerts = {"OSA_GRID_DIRAC_OUTAGE_ALERT_AFTER": "1", "OSA_GRID_NOTIFY": hook_url}
-    shepherd = subprocess.Popen(
+    shepherd, err_log = _start(
         [*OSA_GRID, "campaign", "submit", str(path), "--backend", "dirac", "--no-live"],
-        env={**world.env(), **alerts, "OSA_GRID_DIRAC_URL": down},
-        cwd=world.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        {**world.env(), **alerts, "OSA_GRID_DIRAC_URL": down},
+        world.root,
     )
     try:
         _wait_for_event(world, "service_outage_alert", shepherd, timeout=120)
@@ -204,11 +205,12 @@ def test_dirac_down_for_a_campaign_is_alerted_shown_by_campaign_status_and_its_e
         assert table.returncode == 0 and "services not reached" in table.stdout, table.stderr
         stopped = world.osa_grid("campaign", "stop", name)
         assert stopped.returncode == 0, stopped.stderr
-        _, err = shepherd.communicate(timeout=120)
+        shepherd.wait(timeout=120)
     finally:
         if shepherd.poll() is None:
             shepherd.kill()
-            shepherd.communicate()
+            shepherd.wait()
+    err = err_log.read_text()
     assert shepherd.returncode == 0, err
     assert err.count("service_outage_alert") == 1 and "Traceback" not in err, err
     waited = status(world, name)
