@@ -642,8 +642,9 @@ class NightlyShepherd:
         found = night.scan()
         registered = night.register_new(found)
         missing = night.missing_raw(found)
-        # Night-wise steps wait until every raw file of the night is there.
-        self.shepherd.options = replace(self.shepherd.options, auto_flush=missing == 0)
+        # Night-wise steps wait until every raw file of the night is there and no run can be added.
+        final = night.summary_final()
+        self.shepherd.options = replace(self.shepherd.options, auto_flush=missing == 0 and final)
         report = self.shepherd.run_pass(submit=submit)
         self._check_deadline()
         self._tell_vetoes()
@@ -652,7 +653,7 @@ class NightlyShepherd:
         except OSError as exc:  # the page is a convenience: never let it stop the night
             event(log, "page_not_written", night=night.night, error=str(exc))
         closed = False
-        if report.runnable == 0 and missing == 0 and submit and night.summary_final():
+        if report.runnable == 0 and missing == 0 and submit and final:
             if not self.shepherd.options.flush:
                 # Runs missing sub-runs that failed: process what there is before closing.
                 self.shepherd.options = replace(self.shepherd.options, flush=True)
