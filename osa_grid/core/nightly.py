@@ -209,7 +209,7 @@ class Veto:
     run_id: int
     subrun_id: int | None = None
 
-    def covers(self, run_id: int | None, subrun_id: int | None) -> bool:
+    def covers(self, run_id: MetaValue | None, subrun_id: MetaValue | None) -> bool:
         return run_id == self.run_id and (self.subrun_id is None or subrun_id == self.subrun_id)
 
     def __str__(self) -> str:

@@ -351,20 +351,21 @@ class Night:
     def missing_raw(self, found: Sequence[tuple[Path, dict[str, MetaValue]]]) -> int:
         """Raw files the night still waits for (none for what the operators vetoed)."""
         vetoes = self.vetoes()
-        expected = sum(
-            self.workflow.raw.streams
-            * sum(
-                1 for subrun in range(run.n_subruns) if not any(v.covers(run.run_id, subrun) for v in vetoes)
-            )
+
+        def wanted(run_id: MetaValue | None, subrun: MetaValue | None) -> bool:
+            return not any(v.covers(run_id, subrun) for v in vetoes)
+
+        expected = self.workflow.raw.streams * sum(
+            sum(1 for subrun in range(run.n_subruns) if wanted(run.run_id, subrun))
             for run, _ in self.plan.runs_to_process()
         )
-        arrived = sum(
-            1
-            for _, metadata in found
+        arrived = [
+            path
+            for path, metadata in found
             if metadata.get("data_level") == "R0"
-            and not any(v.covers(metadata.get("run_id"), metadata.get("subrun_id")) for v in vetoes)
-        )
-        return max(expected - arrived, 0)
+            and wanted(metadata.get("run_id"), metadata.get("subrun_id"))
+        ]
+        return max(expected - len(arrived), 0)
 
     def scan(self) -> list[tuple[Path, dict[str, MetaValue]]]:
         """Raw sub-run files of the night's runs and the night's site files that exist now."""
