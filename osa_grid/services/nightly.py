@@ -67,7 +67,7 @@ NIGHT_CLOSED = "night_closed"
 DEADLINE_MISSED = "night_deadline_missed"
 VETO_TOLD = "veto_notified"
 NOTIFY_FAILED = "notify_failed"
-RUNS_RECORDED = "night_runs"
+RUNS_RECORDED = "runs_recorded"
 VETO_RULE = "veto_rule"
 VETO_LIFTED = "veto_lifted"
 # A veto rule takes the tasks that have not run, those waiting for side inputs included.
@@ -200,7 +200,7 @@ class Night:
         return True
 
     def recorded_runs(self) -> tuple[RunInfo, ...]:
-        """The night's runs as last recorded (``night_runs`` events)."""
+        """The night's runs as last recorded (``runs_recorded`` events)."""
         for record in reversed(self.catalog.events(production=self.name)):
             if record["kind"] == RUNS_RECORDED:
                 return tuple(run_from_record(run) for run in record["detail"]["runs"])
@@ -605,6 +605,7 @@ class NightlyShepherd:
         self.data = data
         self.notifier = notifier
         self.options = options
+        self._problem_told: str | None = None
         self.shepherd = Shepherd(
             night.catalog,
             backend,
@@ -671,6 +672,13 @@ class NightlyShepherd:
         night = self.night
         changes = night.refresh()
         night.record_changes(changes, self.notifier)
+        if night.summary_problem is not None and night.summary_problem != self._problem_told:
+            # Once per problem, not every poll: the night goes on with the runs it knows.
+            event(
+                log, "run_summary_unreadable", logging.WARNING, night=night.night, error=night.summary_problem
+            )
+            night.catalog.record_event("run_summary_unreadable", night.name, error=night.summary_problem)
+        self._problem_told = night.summary_problem
         more = any(not change.is_problem for change in changes)
         if night.production != self.shepherd.production:
             save_night_production(night.catalog, night)

@@ -554,9 +554,15 @@ def test_a_marker_closing_rule_keeps_the_night_open_for_runs_added_between_passe
     marker = site.base / "monitoring" / "RunSummary" / f"RunSummary_{NIGHT_DIR}.final"
     assert f"final when {marker} exists" in " ".join(stdout.split())
     assert site.status()["closed"] is None  # everything listed is done, but the summary is not final
-    site.run_summary(RUNS)  # run 1809 is appended between two passes
+    # Between two passes run 1809 is appended and run 1808 disappears from the summary (rewritten).
+    site.run_summary([run for run in RUNS if run[0] != 1808])
     site.raw(1809, range(2))
+    dropped = site.nightly("run", "--once", "--poll", "0.2")
+    assert dropped.returncode == 0, dropped.stderr
+    assert "run_dropped" in dropped.stderr and "DATA run 1808: no longer listed; kept" in dropped.stderr
     marker.touch()
     passes_until(lambda: site.status()["closed"])
     states = site.states()
-    assert states[1809] == "COMPLETED", states
+    assert states[1809] == "COMPLETED" and states[1808] == "COMPLETED", states
+    told = [e for e in _events(site) if e["kind"] == "run_dropped"]
+    assert len(told) == 1 and told[0]["detail"]["run_id"] == 1808  # type: ignore[index]
