@@ -140,7 +140,8 @@ def column_transformations(workflow: NightlyWorkflow, label: str) -> list[str]:
 
 def per_subrun_transformations(workflow: NightlyWorkflow) -> set[str]:
     """Per-file transformations fed, through per-file steps only, by the raw sub-run files: one task per
-    sub-run (their progress is counted against the run's number of sub-runs)."""
+    sub-run (their progress is counted against the run's number of sub-runs). A step that selects sub-runs
+    (the calibration's ``subrun_id = 0``) is not: it does not run for every sub-run."""
     generic = Production(name=workflow.name, transformations=workflow.transformations)
     parents = dependencies(generic)
     modes = {t.name: t.grouping.mode for t in workflow.transformations}
@@ -148,11 +149,23 @@ def per_subrun_transformations(workflow: NightlyWorkflow) -> set[str]:
     found: set[str] = set()
     for transformation in topological_order(generic):
         name = transformation.name
-        if modes[name] != "per_file":
+        if modes[name] != "per_file" or "subrun_id" in query_keys(
+            querylang.parse(transformation.input.query)
+        ):
             continue
         if name in raw or (parents[name] and all(p in found for p in parents[name])):
             found.add(name)
     return found
+
+
+def query_keys(node: querylang.Node) -> set[str]:
+    """The metadata keys a query looks at."""
+    if isinstance(node, querylang.And | querylang.Or):
+        return set().union(*(query_keys(item) for item in node.items))
+    if isinstance(node, querylang.Not):
+        return query_keys(node.item)
+    key = getattr(node, "key", None)
+    return {key} if isinstance(key, str) else set()
 
 
 def raw_consumers(workflow: NightlyWorkflow) -> set[str]:

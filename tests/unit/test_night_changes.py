@@ -74,3 +74,17 @@ def test_vetoes_are_rules_on_a_run_or_a_sub_run() -> None:
 def test_the_time_rule_makes_the_summary_final_the_next_morning() -> None:
     rule = ClosingRule(summary_final="time", at_utc=time(9, 30))
     assert summary_final_at(rule, date(2026, 11, 21)) == datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
+
+
+def test_a_step_on_one_sub_run_is_not_expected_for_every_sub_run() -> None:
+    """The calibration reads sub-run 0 of its runs: a PEDCALIB run of 5 sub-runs is complete without the others."""
+    from pathlib import Path
+
+    from osa_grid.core.nightly import per_subrun_transformations
+    from osa_grid.services.productions import load_nightly_workflow
+
+    workflow = load_nightly_workflow(Path(__file__).parents[2] / "workflows" / "lst_nightly.yaml")
+    per_subrun = per_subrun_transformations(workflow)
+    assert "r0_to_dl1" in per_subrun and not {"calibration", "drs4_pedestal"} & per_subrun
+    calibration = [TaskOfRun("calibration", 1810, TaskState.DONE, 1, "j", 0, None)]
+    assert run_state(5, calibration, per_subrun, closed=True) == ("COMPLETED", "")
