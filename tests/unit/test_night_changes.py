@@ -77,7 +77,7 @@ def test_the_time_rule_makes_the_summary_final_the_next_morning() -> None:
 
 
 def test_a_step_on_one_sub_run_is_not_expected_for_every_sub_run() -> None:
-    """The calibration reads sub-run 0 of its runs: a PEDCALIB run of 5 sub-runs is complete without the others."""
+    """The calibration reads sub-run 0: a PEDCALIB run of 5 sub-runs is complete without the others."""
     from pathlib import Path
 
     from osa_grid.core.nightly import per_subrun_transformations
