@@ -423,9 +423,10 @@ def test_a_run_appended_to_the_summary_mid_night_is_processed_before_the_close(t
     shepherd = site.start("--poll", "0.2")
     try:
         _wait_for(lambda: site.states().get(1807) == "COMPLETED", "run 1807")
-        site.run_summary(RUNS)
+        # Run 1809 is appended and run 1808 grows to 4 sub-runs (the summary rewritten, as lstchain does).
+        site.run_summary([(r, 4 if r == 1808 else n, kind) for r, n, kind in RUNS])
         site.raw(1809, range(2))
-        site.raw(1808, range(2, 3))
+        site.raw(1808, range(2, 4))
         stdout, _ = _finish(shepherd)
     finally:
         shepherd.kill()
@@ -435,6 +436,10 @@ def test_a_run_appended_to_the_summary_mid_night_is_processed_before_the_close(t
     assert (site.base / "DL2" / NIGHT_DIR / "v0.1" / "dl2_LST-1.Run01809.csv").is_file()
     added = [e for e in _events(site) if e["kind"] == "run_added"]
     assert {e["detail"]["run_id"] for e in added} >= {1809}  # type: ignore[index]
+    grown = [e["detail"] for e in _events(site) if e["kind"] == "run_grown"]
+    assert grown == [{"run_id": 1808, "detail": "run 1808: n_subruns 3 -> 4"}]
+    merged = (site.base / "DL1" / NIGHT_DIR / "v0.1" / "dl1_LST-1.Run01808.csv").read_text().splitlines()
+    assert len(merged) == 1 + 4 * 20  # every sub-run, the one the summary added included
     finished = (site.base / "running_analysis" / NIGHT_DIR / "v0.1" / "NightFinished.txt").read_text()
     assert "run 1809: COMPLETED" in finished
 
