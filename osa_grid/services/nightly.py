@@ -388,7 +388,7 @@ class Night:
             if not entry.is_file() or not pattern.match(entry.name):
                 continue
             metadata = metadata_from_name(self.workflow.raw.pattern, entry.name)
-            if metadata.get("run_id") != run.run_id:
+            if metadata.get("run_id") != run.run_id or not self._listed(run, metadata.get("subrun_id")):
                 continue
             found.append(
                 (
@@ -397,6 +397,12 @@ class Night:
                 )
             )
         return found
+
+    @staticmethod
+    def _listed(run: RunInfo, subrun: MetaValue | None) -> bool:
+        """A sub-run beyond the run's n_subruns waits until the summary lists it: registered now, it would
+        carry a number of sub-runs its own id contradicts (its run merged without the sub-runs between)."""
+        return not isinstance(subrun, int) or subrun < run.n_subruns
 
     def _run_metadata(self, run: RunInfo, taken: date) -> dict[str, MetaValue]:
         metadata: dict[str, MetaValue] = {

@@ -425,6 +425,8 @@ def test_a_run_appended_to_the_summary_mid_night_is_processed_before_the_close(t
         _wait_for(lambda: site.states().get(1807) == "COMPLETED", "run 1807")
         # Run 1809 is appended and run 1808 grows to 4 sub-runs (the summary rewritten, as lstchain does).
         site.run_summary([(r, 4 if r == 1808 else n, kind) for r, n, kind in RUNS])
+        # (Once the shepherd has read it: sub-run 2 registered before would complete 1808 at 3 sub-runs.)
+        _wait_for(lambda: any(e["kind"] == "run_grown" for e in _events(site)), "the summary read again")
         site.raw(1809, range(2))
         site.raw(1808, range(2, 4))
         stdout, _ = _finish(shepherd)
