@@ -10,14 +10,15 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
 from osa_grid.cli.common import console, handle_errors, settings_of
 from osa_grid.config import Settings
-from osa_grid.core.nightly import NightlyWorkflow, SequenceStatus
+from osa_grid.core.nightly import NightlyWorkflow, SequenceStatus, Veto
 from osa_grid.core.sequences import NightPlan
-from osa_grid.core.states import RETRY, VETO, OperatorAction
+from osa_grid.core.states import RETRY, OperatorAction
 from osa_grid.errors import BadInput
 from osa_grid.resources import shipped
 from osa_grid.services.nightly import Night, NightlyOptions, NightlyShepherd, save_night_production, simulate
@@ -37,6 +38,7 @@ STATE_STYLES = {
     "PENDING": "yellow",
     "FAILED": "red",
     "VETOED": "magenta",
+    "INCOMPLETE": "red",
 }
 
 DateOption = Annotated[str, typer.Option("--date", help="The night, YYYY-MM-DD (the date of the evening)")]
@@ -73,10 +75,21 @@ def _workflow(path: Path | None) -> NightlyWorkflow:
     return load_nightly_workflow(path or shipped("workflows") / DEFAULT_WORKFLOW)
 
 
-def _night(workspace: Workspace, workflow: Path | None, night: str, summary: Path | None) -> Night:
+def _night(
+    workspace: Workspace,
+    workflow: Path | None,
+    night: str,
+    summary: Path | None,
+    wait_for_summary: bool = False,
+) -> Night:
     assert workspace.settings.base_dir is not None
     return Night(
-        _workflow(workflow), _night_date(night), workspace.settings.base_dir, workspace.catalog, summary
+        _workflow(workflow),
+        _night_date(night),
+        workspace.settings.base_dir,
+        workspace.catalog,
+        summary,
+        wait_for_summary,
     )
 
 
@@ -101,10 +114,16 @@ def run(
     """Process a night until it is closed: register data as it arrives, launch each step when it may start."""
     settings = _settings(ctx, base_dir)
     with open_workspace(settings) as workspace:
-        tonight = _night(workspace, workflow, night, run_summary)
-        if not tonight.plan.sequences:
+        # A long-running shepherd waits for a summary still being written; one pass refuses it (exit 2).
+        waits = not (once or simulate_only)
+        tonight = _night(workspace, workflow, night, run_summary, wait_for_summary=waits)
+        if not tonight.plan.sequences and (not waits or tonight.summary_final()):
             console.print(_nothing_to_do(tonight), soft_wrap=True, markup=False)  # a path is data
             return
+        if not tonight.plan.sequences:
+            console.print(
+                f"night {tonight.night}: {tonight.waiting_for()}; waiting", soft_wrap=True, markup=False
+            )
         if simulate_only:
             _print_plan(tonight.plan)
             counts = simulate(tonight)
@@ -128,21 +147,31 @@ def run(
             options,
         )
         report = shepherd.run()
+        if report.nothing_to_do:
+            console.print(_nothing_to_do(tonight), soft_wrap=True, markup=False)
+            return
         _print_table(tonight, tonight.status())
         if report.closed:
             console.print(f"night {tonight.night} is closed; status page: {tonight.web_page()}")
         else:
-            console.print(
-                f"night {tonight.night} is not closed yet ({report.missing_raw} raw file(s) still expected)"
-            )
+            console.print(_not_closed(tonight, report.missing_raw), soft_wrap=True, markup=False)
+
+
+def _not_closed(tonight: Night, missing_raw: int) -> str:
+    why = [f"{missing_raw} raw file(s) still expected"] if missing_raw else []
+    if not tonight.summary_final():
+        why.append(tonight.waiting_for())
+    return f"night {tonight.night} is not closed yet ({'; '.join(why) or 'steps still to run'})"
 
 
 def _nothing_to_do(tonight: Night) -> str:
     """Why a night has no sequence: no summary yet, a summary without runs yet, or no DATA run among them."""
     summary = tonight.tonight_summary()
     if tonight.runs is None:
-        why = f"no run summary yet ({summary})"
-    elif not tonight.runs.runs and not tonight.runs.ignored:
+        return (
+            f"night {tonight.night}: no run summary yet ({summary}); nothing to do yet, the night stays open"
+        )
+    if not tonight.runs.runs and not tonight.runs.ignored:
         why = f"the run summary {summary} has no runs yet"
     else:
         why = "no DATA runs"
@@ -207,6 +236,7 @@ def _print_table(tonight: Night, rows: list[SequenceStatus]) -> None:
         table.add_column(header, justify="right")
     for label in (*tonight.workflow.columns, *tonight.workflow.quality):
         table.add_column(label, justify="right")
+    table.add_column("Why", justify="left")
     for row in rows:
         table.add_row(
             *identity_cells(row),
@@ -214,6 +244,7 @@ def _print_table(tonight: Night, rows: list[SequenceStatus]) -> None:
             "" if row.exit_code is None else str(row.exit_code),
             *(f"{row.progress[label]:.0f}%" for label in tonight.workflow.columns),
             *(figure(row.quality.get(label)) for label in tonight.workflow.quality),
+            escape(row.detail),
         )
     out = console
     if not console.is_terminal:
@@ -235,8 +266,9 @@ def _operator(
     with open_workspace(_settings(ctx, base_dir)) as workspace:
         tonight = _night(workspace, workflow, night, run_summary)
         save_night_production(workspace.catalog, tonight)
-        if run_id is not None and run_id not in {s.run.run_id for s in tonight.plan.sequences}:
-            raise BadInput(f"run {run_id} is not a sequence of night {tonight.night}")
+        _check_run(tonight, run_id)
+        if action == RETRY:  # the operators' vetoes of the run (or the night) are lifted with the retry
+            tonight.lift_vetoes(run_id)
         name = tonight.production.name
         chosen = [
             row.task_id
@@ -244,6 +276,11 @@ def _operator(
             if run_id is None or run == run_id
         ]
         return len(change_states(workspace, name, action, task_ids=chosen))
+
+
+def _check_run(tonight: Night, run_id: int | None) -> None:
+    if run_id is not None and run_id not in {s.run.run_id for s in tonight.plan.sequences}:
+        raise BadInput(f"run {run_id} is not a sequence of night {tonight.night}")
 
 
 @nightly_app.command("retry")
@@ -256,7 +293,7 @@ def retry(
     workflow: WorkflowOption = None,
     run_summary: SummaryOption = None,
 ) -> None:
-    """Failed and vetoed steps of the night (or of one run) run again on the next pass."""
+    """Failed and vetoed steps of the night (or of one run) run again on the next pass; vetoes are lifted."""
     n = _operator(ctx, night, base_dir, workflow, run_summary, run, RETRY)
     console.print(f"{n} task(s) ready again")
 
@@ -267,13 +304,20 @@ def veto(
     ctx: typer.Context,
     night: DateOption,
     run: Annotated[int, typer.Option(help="The run to stop")],
+    subrun: Annotated[Optional[int], typer.Option(min=0, help="Only this sub-run of the run")] = None,  # noqa: UP045
     base_dir: BaseDirOption = None,
     workflow: WorkflowOption = None,
     run_summary: SummaryOption = None,
 ) -> None:
-    """Stop a run: its waiting and failed steps are vetoed (running jobs finish)."""
-    n = _operator(ctx, night, base_dir, workflow, run_summary, run, VETO)
-    console.print(f"{n} task(s) vetoed")
+    """Stop a run (or one sub-run): a rule, its steps not yet run are vetoed now and those of sub-runs
+    arriving later as they appear (running jobs finish); `nightly retry` lifts it."""
+    with open_workspace(_settings(ctx, base_dir)) as workspace:
+        tonight = _night(workspace, workflow, night, run_summary)
+        save_night_production(workspace.catalog, tonight)
+        _check_run(tonight, run)
+        rule = Veto(run, subrun)
+        n = tonight.add_veto(rule)
+    console.print(f"{rule} vetoed: {n} task(s) vetoed now, its later ones as they appear")
 
 
 @nightly_app.command("close")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
-from typing import Annotated
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -48,6 +48,19 @@ class Publish(Strict):
     directory: Template = "web/datacheck/{night_dir}/{prod_id}"
 
 
+class ClosingRule(Strict):
+    """When the night's run summary counts as final: no run will be added to it any more.
+
+    ``processed``: as soon as every run it lists is processed (a summary written once, in the morning, as
+    LSTOSA's cron does); ``time``: from ``at_utc`` on the morning after the night's date; ``marker``: once the
+    file ``marker`` (relative to the base directory) exists. ``osa-grid nightly close`` closes by hand.
+    """
+
+    summary_final: Literal["processed", "time", "marker"] = "processed"
+    at_utc: time = time(10, 0)
+    marker: Template = "monitoring/RunSummary/RunSummary_{night_dir}.final"
+
+
 class NightlyWorkflow(Strict):
     name: Name
     version: str = "1"
@@ -62,7 +75,13 @@ class NightlyWorkflow(Strict):
     # Quality figures: column label -> a metadata key of the run's products (written by datacheck steps).
     quality: dict[str, str] = Field(default_factory=dict)
     publish: list[Publish] = Field(default_factory=list)
+    close: ClosingRule = ClosingRule()
     transformations: list[Transformation] = Field(min_length=1)
+
+
+def summary_final_at(rule: ClosingRule, night: date) -> datetime:
+    """With the ``time`` rule: when the night's summary becomes final (the next morning, UTC)."""
+    return datetime.combine(night + timedelta(days=1), rule.at_utc, tzinfo=UTC)
 
 
 def night_dir(night: date) -> str:
@@ -121,7 +140,8 @@ def column_transformations(workflow: NightlyWorkflow, label: str) -> list[str]:
 
 def per_subrun_transformations(workflow: NightlyWorkflow) -> set[str]:
     """Per-file transformations fed, through per-file steps only, by the raw sub-run files: one task per
-    sub-run (their progress is counted against the run's number of sub-runs)."""
+    sub-run (their progress is counted against the run's number of sub-runs). A step that selects sub-runs
+    (the calibration's ``subrun_id = 0``) is not: it does not run for every sub-run."""
     generic = Production(name=workflow.name, transformations=workflow.transformations)
     parents = dependencies(generic)
     modes = {t.name: t.grouping.mode for t in workflow.transformations}
@@ -129,11 +149,23 @@ def per_subrun_transformations(workflow: NightlyWorkflow) -> set[str]:
     found: set[str] = set()
     for transformation in topological_order(generic):
         name = transformation.name
-        if modes[name] != "per_file":
+        if modes[name] != "per_file" or "subrun_id" in query_keys(
+            querylang.parse(transformation.input.query)
+        ):
             continue
         if name in raw or (parents[name] and all(p in found for p in parents[name])):
             found.add(name)
     return found
+
+
+def query_keys(node: querylang.Node) -> set[str]:
+    """The metadata keys a query looks at."""
+    if isinstance(node, querylang.And | querylang.Or):
+        return set().union(*(query_keys(item) for item in node.items))
+    if isinstance(node, querylang.Not):
+        return query_keys(node.item)
+    key = getattr(node, "key", None)
+    return {key} if isinstance(key, str) else set()
 
 
 def raw_consumers(workflow: NightlyWorkflow) -> set[str]:
@@ -159,6 +191,7 @@ class TaskOfRun:
     attempt: int
     job_id: str | None
     exit_code: int | None
+    subrun_id: int | None = None  # the sub-run of a per-sub-run task
 
 
 @dataclass(frozen=True)
@@ -175,6 +208,21 @@ class SequenceStatus:
     exit_code: int | None
     progress: dict[str, float]  # column label -> percent
     quality: dict[str, MetaValue] = field(default_factory=dict)  # column label -> figure
+    detail: str = ""  # what a WAITING run waits for, what an INCOMPLETE run misses and why
+
+
+@dataclass(frozen=True)
+class Veto:
+    """An operator's rule: the run (or one sub-run of it) is not processed, its tasks now or later."""
+
+    run_id: int
+    subrun_id: int | None = None
+
+    def covers(self, run_id: MetaValue | None, subrun_id: MetaValue | None) -> bool:
+        return run_id == self.run_id and (self.subrun_id is None or subrun_id == self.subrun_id)
+
+    def __str__(self) -> str:
+        return f"run {self.run_id}" + ("" if self.subrun_id is None else f" sub-run {self.subrun_id}")
 
 
 def sequence_state(states: Sequence[TaskState]) -> str:
@@ -202,9 +250,12 @@ def sequence_table(
     tasks: Sequence[TaskOfRun],
     quality: Mapping[str, Mapping[int, MetaValue]] | None = None,
     sources: Mapping[int, str] | None = None,
+    closed: bool = False,
+    vetoes: Sequence[Veto] = (),
 ) -> list[SequenceStatus]:
     """One row per sequence; ``quality`` maps a quality column to its figure per run, ``sources`` a data
-    run to the source it observed."""
+    run to the source it observed. A run is COMPLETED only when each of its sub-runs went through every
+    per-sub-run step; on a ``closed`` night a run that is not is INCOMPLETE."""
     by_run: dict[int, list[TaskOfRun]] = {}
     for task in tasks:
         if task.run_id is not None:
@@ -222,6 +273,8 @@ def sequence_table(
             expected = sequence.run.n_subruns if by_subrun else max(len(steps), 1)
             done = sum(1 for t in steps if t.state == TaskState.DONE)
             progress[label] = 100.0 * min(done, expected) / expected if expected else 0.0
+        run_vetoes = [v for v in vetoes if v.run_id == sequence.run.run_id]
+        state, detail = run_state(sequence.run.n_subruns, mine, per_subrun, closed, run_vetoes)
         rows.append(
             SequenceStatus(
                 seq_id=sequence.seq_id,
@@ -232,7 +285,7 @@ def sequence_table(
                 source=(sources or {}).get(sequence.run.run_id, ""),
                 tries=max((t.attempt for t in mine), default=0),
                 job_id=(latest.job_id or "") if latest else "",
-                state=sequence_state([t.state for t in mine]),
+                state=state,
                 exit_code=latest.exit_code if latest else None,
                 progress=progress,
                 quality={
@@ -240,6 +293,70 @@ def sequence_table(
                     for label, values in (quality or {}).items()
                     if sequence.run.run_id in values
                 },
+                detail=detail,
             )
         )
     return rows
+
+
+def run_state(
+    n_subruns: int,
+    tasks: Sequence[TaskOfRun],
+    per_subrun: set[str],
+    closed: bool,
+    vetoes: Sequence[Veto] = (),
+) -> tuple[str, str]:
+    """Where a run stands and, for a run not COMPLETED, why (the sub-runs it waits for or misses)."""
+    if any(v.subrun_id is None for v in vetoes):
+        return "VETOED", "vetoed by the operators"
+    state = sequence_state([t.state for t in tasks])
+    missing = missing_subruns(n_subruns, tasks, per_subrun, vetoes)
+    if state == "COMPLETED" and not missing:
+        return state, "" if not vetoes else f"vetoed: {', '.join(str(v) for v in vetoes)}"
+    if state in ("FAILED", "VETOED", "CANCELLED"):
+        return state, missing
+    if closed:
+        return "INCOMPLETE", missing or f"closed while {state}"
+    if state == "COMPLETED":  # what there is went through; more sub-runs are expected
+        return "WAITING", missing
+    if state == "WAITING" and not tasks:
+        return state, "no raw file yet"
+    return state, missing
+
+
+def missing_subruns(
+    n_subruns: int, tasks: Sequence[TaskOfRun], per_subrun: set[str], vetoes: Sequence[Veto] = ()
+) -> str:
+    """The run's sub-runs that did not go through every per-sub-run step (vetoed ones excepted), with why."""
+    steps = {t.transformation for t in tasks if t.transformation in per_subrun}
+    if not steps:
+        return ""
+    vetoed = {v.subrun_id for v in vetoes}
+    why: dict[str, list[int]] = {}
+    for subrun in range(n_subruns):
+        if subrun in vetoed:
+            continue
+        of_subrun = [t for t in tasks if t.transformation in steps and t.subrun_id == subrun]
+        if {t.transformation for t in of_subrun if t.state == TaskState.DONE} == steps:
+            continue
+        stopped = [t.state.value for t in of_subrun if t.state in _STOPPED]
+        reason = stopped[0] if stopped else "not processed yet" if of_subrun else "no raw file"
+        why.setdefault(reason, []).append(subrun)
+    return "; ".join(f"sub-run(s) {_ranges(numbers)}: {reason}" for reason, numbers in why.items())
+
+
+_STOPPED = (TaskState.FAILED, TaskState.VETOED, TaskState.CANCELLED)
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """0,1,2,5 -> '0-2,5' (a run has up to 10000 sub-runs)."""
+    parts: list[str] = []
+    start = previous = numbers[0]
+    for number in [*numbers[1:], None]:
+        if number is not None and number == previous + 1:
+            previous = number
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if number is not None:
+            start = previous = number
+    return ",".join(parts)

@@ -83,6 +83,92 @@ class NightRuns:
     ignored: tuple[IgnoredRun, ...] = ()
 
 
+class SummaryNotReady(BadInput):
+    """An empty run summary: still being written (or cut). A long-running shepherd reads it again later."""
+
+
+@dataclass(frozen=True)
+class RunChange:
+    """How a run of the night differs between what was recorded and the summary just read."""
+
+    run_id: int
+    kind: str  # added, grown, dropped, shrunk, type_changed
+    detail: str
+
+    @property
+    def is_problem(self) -> bool:
+        """Changes the night does not follow (it keeps what it recorded): the operators are told."""
+        return self.kind not in ("added", "grown")
+
+
+def reconcile(known: Sequence[RunInfo], read: NightRuns) -> tuple[tuple[RunInfo, ...], list[RunChange]]:
+    """The night's runs after reading its summary again, and what changed.
+
+    New runs are added and a run's sub-runs may grow; a run is never dropped: one that disappears from the
+    summary, changes type or loses sub-runs keeps what was recorded (sub-runs may already be processed) and
+    the change is returned for the operators.
+    """
+    now = {run.run_id: run for run in read.runs}
+    ignored = {run.run_id: run for run in read.ignored}
+    kept: list[RunInfo] = []
+    changes: list[RunChange] = []
+    for old in known:
+        new = now.pop(old.run_id, None)
+        if new is None:
+            why = (
+                f"now of type {ignored[old.run_id].run_type!r}"
+                if old.run_id in ignored
+                else "no longer listed"
+            )
+            kind = "type_changed" if old.run_id in ignored else "dropped"
+            changes.append(RunChange(old.run_id, kind, f"{old.run_type} run {old.run_id}: {why}; kept"))
+            kept.append(old)
+        elif new.run_type != old.run_type:
+            detail = (
+                f"{old.run_type} run {old.run_id} is now listed as {new.run_type}; kept as {old.run_type}"
+            )
+            changes.append(RunChange(old.run_id, "type_changed", detail))
+            kept.append(old)
+        elif new.n_subruns < old.n_subruns:
+            detail = f"run {old.run_id}: n_subruns {new.n_subruns} < {old.n_subruns} recorded; kept"
+            changes.append(RunChange(old.run_id, "shrunk", detail))
+            kept.append(old)
+        else:
+            if new.n_subruns > old.n_subruns:
+                detail = f"run {old.run_id}: n_subruns {old.n_subruns} -> {new.n_subruns}"
+                changes.append(RunChange(old.run_id, "grown", detail))
+            kept.append(new)
+    for new in now.values():
+        changes.append(
+            RunChange(new.run_id, "added", f"{new.run_type} run {new.run_id}, {new.n_subruns} sub-runs")
+        )
+        kept.append(new)
+    return tuple(sorted(kept, key=lambda r: r.run_id)), changes
+
+
+def run_record(run: RunInfo) -> dict[str, object]:
+    """A run as recorded in the catalog's events (JSON)."""
+    return {
+        "run_id": run.run_id,
+        "n_subruns": run.n_subruns,
+        "run_type": run.run_type,
+        "start": run.start.isoformat() if run.start else None,
+        "evb_preprocessing": run.evb_preprocessing,
+    }
+
+
+def run_from_record(record: dict[str, object]) -> RunInfo:
+    start = record.get("start")
+    run_type = _TYPE_ALIASES[str(record["run_type"])]
+    return RunInfo(
+        int(str(record["run_id"])),
+        int(str(record["n_subruns"])),
+        run_type,
+        datetime.fromisoformat(start) if isinstance(start, str) else None,
+        str(record.get("evb_preprocessing", "NONE")),
+    )
+
+
 def parse_run_summary(text: str, source: str) -> NightRuns:
     """A RunSummary ECSV (with or without the newer data_format/evb_preprocessing columns)."""
     found = _RunList()
@@ -190,7 +276,7 @@ def parse_summary(text: str, source: str) -> NightRuns:
     being written or was cut. A header without rows is a night without runs (yet).
     """
     if not text.strip():
-        raise BadInput(f"{source}: the run summary is empty (still being written, or broken)")
+        raise SummaryNotReady(f"{source}: the run summary is empty (still being written, or broken)")
     if text.lstrip().startswith("# %ECSV"):
         return parse_run_summary(text, source)
     return parse_night_summary(text, source)

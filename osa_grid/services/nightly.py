@@ -6,11 +6,12 @@ the night's production, close the night when everything that can be done is done
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -24,17 +25,32 @@ from osa_grid.core.nightly import (
     NightlyWorkflow,
     SequenceStatus,
     TaskOfRun,
+    Veto,
     night_dir,
     night_production,
     parameters,
+    per_subrun_transformations,
+    production_name,
     render_site_path,
     sequence_table,
+    summary_final_at,
 )
 from osa_grid.core.planner import FileRecord, plan_groups
 from osa_grid.core.redaction import redact_text
-from osa_grid.core.runsummary import NightRuns, RunInfo, RunSource, parse_run_catalog, parse_summary
+from osa_grid.core.runsummary import (
+    NightRuns,
+    RunChange,
+    RunInfo,
+    RunSource,
+    SummaryNotReady,
+    parse_run_catalog,
+    parse_summary,
+    reconcile,
+    run_from_record,
+    run_record,
+)
 from osa_grid.core.sequences import NightPlan, plan_night
-from osa_grid.core.states import TaskState
+from osa_grid.core.states import OperatorAction, TaskState
 from osa_grid.errors import BadInput, OsaGridError
 from osa_grid.logs import event, get_logger
 from osa_grid.ports import Backend, DataManager
@@ -52,6 +68,29 @@ NIGHT_CLOSED = "night_closed"
 DEADLINE_MISSED = "night_deadline_missed"
 VETO_TOLD = "veto_notified"
 NOTIFY_FAILED = "notify_failed"
+RUNS_RECORDED = "runs_recorded"
+VETO_RULE = "veto_rule"
+VETO_LIFTED = "veto_lifted"
+# A veto rule takes the tasks that have not run, those waiting for side inputs included.
+RULE_VETO = OperatorAction("veto", (TaskState.CREATED, TaskState.READY, TaskState.FAILED), TaskState.VETOED)
+
+
+@dataclass(frozen=True)
+class FileSignature:
+    """What a file was when it was read: it is read again only when it changed."""
+
+    mtime_ns: int
+    size: int
+    digest: str
+
+    @classmethod
+    def of(cls, stat: os.stat_result, data: bytes) -> FileSignature:
+        """``stat`` taken before reading ``data``: a change while reading is seen at the next check."""
+        return cls(stat.st_mtime_ns, stat.st_size, hashlib.sha256(data).hexdigest())
+
+    def same_stat(self, path: Path) -> bool:
+        stat = path.stat()
+        return (stat.st_mtime_ns, stat.st_size) == (self.mtime_ns, self.size)
 
 
 @dataclass(frozen=True)
@@ -61,10 +100,17 @@ class NightReport:
     missing_raw: int
     report: PassReport | None
     closed: bool
+    # A night without sequences whose run summary is final: nothing will ever be processed.
+    nothing_to_do: bool = False
 
 
 class Night:
-    """Night ``night`` of the site under ``base_dir``, processed by ``workflow``."""
+    """Night ``night`` of the site under ``base_dir``, processed by ``workflow``.
+
+    The night's runs are what its run summary lists, merged with what was recorded of it before (a run is
+    never dropped); ``refresh`` reads the summary and the run catalog again when they changed. With
+    ``wait_for_summary``, a summary still being written (empty) is waited for instead of refused.
+    """
 
     def __init__(
         self,
@@ -73,14 +119,28 @@ class Night:
         base_dir: Path,
         catalog: Catalog,
         run_summary: Path | None = None,
+        wait_for_summary: bool = False,
     ) -> None:
         self.workflow = workflow
         self.night = night
         self.base_dir = base_dir
         self.catalog = catalog
         self.run_summary = run_summary
-        # None: no run summary yet; read once, the plan and the messages see the same runs.
-        self.runs = self._runs_of(night)
+        self.name = production_name(workflow, night)
+        # Why the summary cannot be followed now (being written, broken): the night is not closed meanwhile.
+        self.summary_problem: str | None = None
+        self._seen: dict[Path, FileSignature] = {}
+        self._unreported: list[RunChange] = []
+        recorded = self.recorded_runs()
+        try:
+            read = self._runs_of(night)
+        except SummaryNotReady as exc:
+            if not wait_for_summary:
+                raise
+            self.summary_problem = str(exc)
+            read = None
+        # None: no run summary yet; read once per change, the plan and the messages see the same runs.
+        self.runs, self._unreported = self._merged(recorded, read)
         self.plan = plan_night(night, self._runs_with_tonight, workflow.lookback_nights)
         self.production = night_production(workflow, self.plan)
         self.sources = self._sources()
@@ -109,13 +169,79 @@ class Night:
             if night == self.night and self.run_summary:
                 raise BadInput(f"{path}: no such run summary")
             return None
-        try:
-            runs = parse_summary(path.read_text(), str(path))
-        except UnicodeDecodeError as exc:
-            raise BadInput(f"{path}: not a text file: {exc}") from exc
+        text = self._read_text(path)
+        runs = parse_summary(text, str(path))
         for ignored in runs.ignored:
             event(log, "run_ignored", night=night, run=ignored.run_id, reason=ignored.reason)
         return runs
+
+    def _read_text(self, path: Path) -> str:
+        stat = path.stat()
+        data = path.read_bytes()
+        self._seen[path] = FileSignature.of(stat, data)
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{path}: not a text file: {exc}") from exc
+
+    def _changed(self, path: Path) -> bool:
+        """Whether ``path`` differs from when it was last read: size and time first, then the content."""
+        seen = self._seen.get(path)
+        if seen is None:
+            return path.is_file()
+        if not path.is_file():
+            return True
+        if seen.same_stat(path):
+            return False
+        stat = path.stat()
+        data = path.read_bytes()
+        if seen.digest == hashlib.sha256(data).hexdigest():
+            self._seen[path] = FileSignature.of(stat, data)
+            return False
+        return True
+
+    def recorded_runs(self) -> tuple[RunInfo, ...]:
+        """The night's runs as last recorded (``runs_recorded`` events)."""
+        for record in reversed(self.catalog.events(production=self.name)):
+            if record["kind"] == RUNS_RECORDED:
+                return tuple(run_from_record(run) for run in record["detail"]["runs"])
+        return ()
+
+    @staticmethod
+    def _merged(
+        recorded: Sequence[RunInfo], read: NightRuns | None
+    ) -> tuple[NightRuns | None, list[RunChange]]:
+        if read is None:
+            return (NightRuns(tuple(recorded)) if recorded else None), []
+        runs, changes = reconcile(recorded, read)
+        return NightRuns(runs, read.ignored), changes
+
+    def refresh(self) -> list[RunChange]:
+        """Read the run summary and the run catalog again if they changed: new runs, grown runs and new
+        sources are taken; what cannot be read now is kept in ``summary_problem`` (the night waits).
+        Returns the changes of the runs since they were last recorded."""
+        summary = self.tonight_summary()
+        if self._changed(summary) or self.summary_problem is not None:
+            self.summary_problem = None
+            previous = self.runs
+            try:
+                read = self._runs_of(self.night)
+                self.runs, changes = self._merged(previous.runs if previous else self.recorded_runs(), read)
+                plan = plan_night(self.night, self._runs_with_tonight, self.workflow.lookback_nights)
+            except BadInput as exc:  # the previous runs stay; the next pass reads it again
+                self.runs = previous
+                self.summary_problem = str(exc)
+            else:
+                self._unreported += changes
+                self.plan = plan
+                self.production = night_production(self.workflow, plan)
+        if self._changed(self.catalog_path()):
+            try:
+                self.sources = self._sources()
+            except BadInput as exc:
+                self.summary_problem = str(exc)
+        changes, self._unreported = self._unreported, []
+        return changes
 
     def catalog_path(self) -> Path:
         """The site's run catalog: the source each data run observed (LST-1 keeps it in its TCU database)."""
@@ -125,14 +251,122 @@ class Night:
         path = self.catalog_path()
         if not path.is_file():
             return {}
-        try:
-            return parse_run_catalog(path.read_text(), str(path))
-        except UnicodeDecodeError as exc:
-            raise BadInput(f"{path}: not a text file: {exc}") from exc
+        return parse_run_catalog(self._read_text(path), str(path))
+
+    def record_changes(self, changes: Sequence[RunChange], notifier: Notifier) -> None:
+        """Record the night's runs and what changed; a run dropped or changed is told to operators once."""
+        if any(not c.is_problem for c in changes):
+            runs = self.runs.runs if self.runs else ()
+            self.catalog.record_event(RUNS_RECORDED, self.name, runs=[run_record(r) for r in runs])
+        told = {
+            (e["kind"], (e["detail"] or {}).get("detail")) for e in self.catalog.events(production=self.name)
+        }
+        for change in changes:
+            kind = f"run_{change.kind}"
+            if change.is_problem and (kind, change.detail) in told:
+                continue
+            level = logging.WARNING if change.is_problem else logging.INFO
+            event(log, kind, level, night=self.night, run=change.run_id, detail=change.detail)
+            self.catalog.record_event(kind, self.name, run_id=change.run_id, detail=change.detail)
+            if change.is_problem:
+                self.tell(notifier, f"osa-grid: night {self.night}: {change.detail}", change.detail)
+
+    def summary_final(self, now: datetime | None = None) -> bool:
+        """Whether the run summary counts as final by the workflow's closing rule (no run will be added)."""
+        if self.runs is None or self.summary_problem is not None:
+            return False
+        rule = self.workflow.close
+        if rule.summary_final == "time":
+            return (now or datetime.now(UTC)) >= summary_final_at(rule, self.night)
+        if rule.summary_final == "marker":
+            return (self.base_dir / render_site_path(rule.marker, self.night, self.workflow)).is_file()
+        return True
+
+    def waiting_for(self) -> str:
+        """Why the night is not closed although what it knows may be done: for the operators."""
+        if self.summary_problem is not None:
+            return f"the run summary cannot be used now: {self.summary_problem}"
+        if self.runs is None:
+            return f"no run summary yet ({self.tonight_summary()})"
+        rule = self.workflow.close
+        if rule.summary_final == "time":
+            return f"the run summary is final at {summary_final_at(rule, self.night):%Y-%m-%d %H:%M} UTC"
+        marker = self.base_dir / render_site_path(rule.marker, self.night, self.workflow)
+        return f"the run summary is final when {marker} exists"
+
+    # ------------------------------------------------------------------ vetoes
+    def vetoes(self) -> list[Veto]:
+        """The operators' vetoes in force: ``nightly veto`` records one, ``nightly retry`` lifts them."""
+        found: list[Veto] = []
+        for record in self.catalog.events(production=self.name):
+            detail = record["detail"] or {}
+            if record["kind"] == VETO_RULE:
+                found.append(Veto(detail["run_id"], detail.get("subrun_id")))
+            elif record["kind"] == VETO_LIFTED:
+                run = detail.get("run_id")
+                found = [v for v in found if run is not None and v.run_id != run]
+        return found
+
+    def add_veto(self, veto: Veto) -> int:
+        """Record the rule and veto the tasks it covers now; later ones are vetoed as they appear."""
+        self.catalog.record_event(VETO_RULE, self.name, run_id=veto.run_id, subrun_id=veto.subrun_id)
+        event(log, VETO_RULE, logging.WARNING, night=self.night, veto=str(veto))
+        return self.apply_vetoes()
+
+    def lift_vetoes(self, run_id: int | None) -> None:
+        if self.vetoes():
+            self.catalog.record_event(VETO_LIFTED, self.name, run_id=run_id)
+
+    def apply_vetoes(self) -> int:
+        """Veto the tasks the rules cover that have not run (running jobs finish); returns how many."""
+        vetoes = self.vetoes()
+        if not vetoes:
+            return 0
+        subruns = self._subrun_of_tasks()
+        chosen = [
+            row.task_id
+            for row, run_id in self.catalog.tasks_with_key(self.name, "run_id")
+            if row.state in RULE_VETO.sources
+            and any(v.covers(run_id, subruns.get(row.task_id, -1)) for v in vetoes)
+        ]
+        if not chosen:
+            return 0
+        changed = self.catalog.set_states(
+            self.name, list(RULE_VETO.sources), RULE_VETO.target, RULE_VETO.kind, task_ids=chosen
+        )
+        for row in changed:  # the operators asked for it: no notification per task
+            self.catalog.record_task_event(VETO_TOLD, row.task_id, rule=True)
+        if changed:
+            event(log, "tasks_vetoed", night=self.night, count=len(changed), reason="operators' veto")
+        return len(changed)
+
+    def _subrun_of_tasks(self) -> dict[str, int | None]:
+        """The sub-run of each per-sub-run task (the others have none)."""
+        per_subrun = per_subrun_transformations(self.workflow)
+        return {
+            row.task_id: subrun if row.transformation in per_subrun else None
+            for row, subrun in self.catalog.tasks_with_key(self.name, "subrun_id")
+        }
 
     # ------------------------------------------------------------------ raw and site files
-    def expected_raw(self) -> int:
-        return sum(run.n_subruns * self.workflow.raw.streams for run, _ in self.plan.runs_to_process())
+    def missing_raw(self, found: Sequence[tuple[Path, dict[str, MetaValue]]]) -> int:
+        """Raw files the night still waits for (none for what the operators vetoed)."""
+        vetoes = self.vetoes()
+
+        def wanted(run_id: MetaValue | None, subrun: MetaValue | None) -> bool:
+            return not any(v.covers(run_id, subrun) for v in vetoes)
+
+        expected = self.workflow.raw.streams * sum(
+            sum(1 for subrun in range(run.n_subruns) if wanted(run.run_id, subrun))
+            for run, _ in self.plan.runs_to_process()
+        )
+        arrived = [
+            path
+            for path, metadata in found
+            if metadata.get("data_level") == "R0"
+            and wanted(metadata.get("run_id"), metadata.get("subrun_id"))
+        ]
+        return max(expected - len(arrived), 0)
 
     def scan(self) -> list[tuple[Path, dict[str, MetaValue]]]:
         """Raw sub-run files of the night's runs and the night's site files that exist now."""
@@ -155,7 +389,7 @@ class Night:
             if not entry.is_file() or not pattern.match(entry.name):
                 continue
             metadata = metadata_from_name(self.workflow.raw.pattern, entry.name)
-            if metadata.get("run_id") != run.run_id:
+            if metadata.get("run_id") != run.run_id or not self._listed(run, metadata.get("subrun_id")):
                 continue
             found.append(
                 (
@@ -164,6 +398,12 @@ class Night:
                 )
             )
         return found
+
+    @staticmethod
+    def _listed(run: RunInfo, subrun: MetaValue | None) -> bool:
+        """A sub-run beyond the run's n_subruns waits until the summary lists it: registered now, it would
+        carry a number of sub-runs its own id contradicts (its run merged without the sub-runs between)."""
+        return not isinstance(subrun, int) or subrun < run.n_subruns
 
     def _run_metadata(self, run: RunInfo, taken: date) -> dict[str, MetaValue]:
         metadata: dict[str, MetaValue] = {
@@ -202,9 +442,19 @@ class Night:
             raise BadInput(f"{path} is outside the base directory {self.base_dir}") from None
 
     # ------------------------------------------------------------------ status and closing
-    def status(self) -> list[SequenceStatus]:
+    def status(self, closed: bool | None = None) -> list[SequenceStatus]:
+        """The sequence table; ``closed`` (default: whether the night is) tells unfinished runs INCOMPLETE."""
+        subruns = self._subrun_of_tasks()
         tasks = [
-            TaskOfRun(row.transformation, run_id, row.state, row.attempt, row.job_id, row.exit_code)
+            TaskOfRun(
+                row.transformation,
+                run_id,
+                row.state,
+                row.attempt,
+                row.job_id,
+                row.exit_code,
+                subruns.get(row.task_id),
+            )
             for row, run_id in self.catalog.tasks_with_key(self.production.name, "run_id")
         ]
         name = self.production.name
@@ -212,7 +462,9 @@ class Night:
             label: self.catalog.values_by(name, key, "run_id") for label, key in self.workflow.quality.items()
         }
         sources = {run_id: source.name for run_id, source in self.sources.items()}
-        return sequence_table(self.workflow, self.plan, tasks, quality, sources)
+        if closed is None:
+            closed = self.closed_at() is not None
+        return sequence_table(self.workflow, self.plan, tasks, quality, sources, closed, self.vetoes())
 
     def closed_at(self) -> datetime | None:
         for record in reversed(self.catalog.events(production=self.production.name)):
@@ -223,10 +475,10 @@ class Night:
 
     def close(self, data: DataManager, notifier: Notifier, forced: bool = False) -> None:
         """Record the night as finished, publish its datacheck products and tell the operators."""
-        rows = self.status()
-        problems = [r for r in rows if r.state in ("FAILED", "VETOED", "CANCELLED", "WAITING")]
+        rows = self.status(closed=True)
+        problems = [r for r in rows if r.state != "COMPLETED"]
         published = self._publish()
-        summary = "\n".join(f"seq {r.seq_id} {r.kind} run {r.run_id}: {r.state}" for r in rows) or "no runs"
+        summary = status_lines(rows) or "no runs"
         self.catalog.record_event(
             NIGHT_CLOSED, self.production.name, forced=forced, problems=len(problems), published=published
         )
@@ -324,6 +576,14 @@ class Night:
         return count
 
 
+def status_lines(rows: Sequence[SequenceStatus]) -> str:
+    """The table in lines, for NightFinished.txt and the notifications: a run not COMPLETED says why."""
+    return "\n".join(
+        f"seq {r.seq_id} {r.kind} run {r.run_id}: {r.state}" + (f" ({r.detail})" if r.detail else "")
+        for r in rows
+    )
+
+
 def save_night_production(catalog: Catalog, night: Night) -> None:
     save_production(catalog, night.production, None)
 
@@ -353,6 +613,7 @@ class NightlyShepherd:
         self.data = data
         self.notifier = notifier
         self.options = options
+        self._problem_told: str | None = None
         self.shepherd = Shepherd(
             night.catalog,
             backend,
@@ -363,13 +624,14 @@ class NightlyShepherd:
                 poll_interval=options.poll_interval, outage_alert_after=options.outage_alert_after
             ),
             notifier=notifier,
+            on_planned=self._apply_vetoes,
         )
 
     def run(self) -> NightReport:
         save_night_production(self.night.catalog, self.night)
         with self.shepherd.lease():
             report = self.run_pass()
-            while not report.closed and not self.options.once:
+            while not (report.closed or report.nothing_to_do or self.options.once):
                 self.shepherd.backend.wait_any(self.options.poll_interval)
                 report = self.run_pass()
             if self.options.once and not self.shepherd.backend.capabilities.detached:
@@ -387,11 +649,15 @@ class NightlyShepherd:
         night = self.night
         if night.closed_at() is not None:
             return NightReport(night.plan, 0, 0, None, closed=True)
+        self._follow_summary()
+        if not night.plan.sequences:
+            return NightReport(night.plan, 0, 0, None, False, nothing_to_do=night.summary_final())
         found = night.scan()
         registered = night.register_new(found)
-        missing = max(night.expected_raw() - sum(1 for _, m in found if m.get("data_level") == "R0"), 0)
-        # Night-wise steps wait until every raw file of the night is there.
-        self.shepherd.options = replace(self.shepherd.options, auto_flush=missing == 0)
+        missing = night.missing_raw(found)
+        # Night-wise steps wait until every raw file of the night is there and no run can be added.
+        final = night.summary_final()
+        self.shepherd.options = replace(self.shepherd.options, auto_flush=missing == 0 and final)
         report = self.shepherd.run_pass(submit=submit)
         self._check_deadline()
         self._tell_vetoes()
@@ -400,16 +666,41 @@ class NightlyShepherd:
         except OSError as exc:  # the page is a convenience: never let it stop the night
             event(log, "page_not_written", night=night.night, error=str(exc))
         closed = False
-        if report.runnable == 0 and missing == 0 and submit:
+        if report.runnable == 0 and missing == 0 and submit and final:
             if not self.shepherd.options.flush:
                 # Runs missing sub-runs that failed: process what there is before closing.
                 self.shepherd.options = replace(self.shepherd.options, flush=True)
                 report = self.shepherd.run_pass()
-            if report.runnable == 0:
+            # Read the summary once more: a run added meanwhile is processed before the night closes.
+            if report.runnable == 0 and not self._follow_summary():
                 night.close(self.data, self.notifier)
                 night.write_page()
                 closed = True
         return NightReport(night.plan, registered, missing, report, closed)
+
+    def _follow_summary(self) -> bool:
+        """Take the run summary's changes: the production follows new runs. True when there is more to do."""
+        night = self.night
+        changes = night.refresh()
+        night.record_changes(changes, self.notifier)
+        if night.summary_problem is not None and night.summary_problem != self._problem_told:
+            # Once per problem, not every poll: the night goes on with the runs it knows.
+            event(
+                log, "run_summary_unreadable", logging.WARNING, night=night.night, error=night.summary_problem
+            )
+            night.catalog.record_event("run_summary_unreadable", night.name, error=night.summary_problem)
+        self._problem_told = night.summary_problem
+        more = any(not change.is_problem for change in changes)
+        if night.production != self.shepherd.production:
+            save_night_production(night.catalog, night)
+            self.shepherd.use_production(night.production)
+            more = True
+        if more:  # groups are closed incomplete only once the night's runs are known: not a new run's
+            self.shepherd.options = replace(self.shepherd.options, flush=False)
+        return more
+
+    def _apply_vetoes(self) -> None:
+        self.night.apply_vetoes()
 
     def _tell_vetoes(self) -> None:
         catalog = self.night.catalog
@@ -441,7 +732,7 @@ class NightlyShepherd:
         self.night.tell(
             self.notifier,
             f"osa-grid: night {self.night.night} not closed by {deadline:%Y-%m-%d %H:%M} UTC",
-            "\n".join(f"seq {r.seq_id} run {r.run_id}: {r.state}" for r in self.night.status()),
+            status_lines(self.night.status()),
         )
 
 

@@ -18,6 +18,7 @@ STATE_COLOURS = {
     "FAILED": "#ffc9c9",
     "VETOED": "#f1c6ff",
     "CANCELLED": "#dddddd",
+    "INCOMPLETE": "#ffd8a8",
 }
 HEADERS = ("Seq", "Parent", "Type", "Run", "Subruns", "Source", "Tries", "JobID", "State", "Exit")
 
@@ -88,7 +89,8 @@ def identity_cells(row: SequenceStatus) -> list[str]:
 def _row(row: SequenceStatus, columns: Sequence[str], quality: Sequence[str]) -> str:
     colour = STATE_COLOURS.get(row.state, "white")
     tds = "".join(f"<td>{html.escape(c)}</td>" for c in identity_cells(row))
-    tds += f'<td class="state" style="background:{colour}">{html.escape(row.state)}</td>'
+    why = f'<br><small class="why">{html.escape(row.detail)}</small>' if row.detail else ""
+    tds += f'<td class="state" style="background:{colour}">{html.escape(row.state)}{why}</td>'
     tds += f"<td>{'' if row.exit_code is None else row.exit_code}</td>"
     tds += "".join(f"<td>{row.progress.get(c, 0.0):.0f}%</td>" for c in columns)
     tds += "".join(f'<td class="quality">{html.escape(figure(row.quality.get(q)))}</td>' for q in quality)

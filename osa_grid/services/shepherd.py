@@ -171,6 +171,7 @@ class Shepherd:
         options: ShepherdOptions | None = None,
         on_pass: Callable[[PassReport], None] | None = None,
         notifier: Notifier | None = None,
+        on_planned: Callable[[], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.backend = backend
@@ -179,17 +180,16 @@ class Shepherd:
         self.work_root = work_root
         self.options = options or ShepherdOptions()
         self.on_pass = on_pass
+        # Called between planning and submitting: rules on the tasks just created (a nightly veto).
+        self.on_planned = on_planned
         self.identity = process_identity()
         self.lease_name = f"production/{production.name}"
-        self._order = topological_order(production)
-        self._parents = dependencies(production)
-        self._software: dict[str, dict[str, str]] = {}
-        self._digests: dict[str, str] = {}
-        self._producers = Producers(production)
-        # The values the production's recorded definition hides, wherever a template puts them.
-        dump = production.model_dump(mode="json", by_alias=True)
-        self._secrets = hidden_values(dump, redact_production(dump))
+        self._order: list[Transformation] = []
+        self._parents: dict[str, list[str]] = {}
         self._need_makers: dict[tuple[str, str], set[str]] = {}
+        self._digests: dict[str, str] = {}
+        self.use_production(production)
+        self._software: dict[str, dict[str, str]] = {}
         self._lease_renewed_at = -float("inf")
         # Inputs of the tasks this shepherd submitted, read once at submission and kept until they end.
         self._inputs: dict[str, list[CatalogFile]] = {}
@@ -202,6 +202,20 @@ class Shepherd:
         self.outages = OutageWatch(
             catalog, self.options.outage_alert_after, notifier, noticed_by=production.name
         )
+
+    def use_production(self, production: Production) -> None:
+        """Go on with a new definition of the same production (a night whose run summary grew)."""
+        if production.name != self.production.name:
+            raise ValueError(f"{production.name} is not {self.production.name}")
+        self.production = production
+        self._order = topological_order(production)
+        self._parents = dependencies(production)
+        self._need_makers = {}
+        self._digests = {}
+        self._producers = Producers(production)
+        # The values the production's recorded definition hides, wherever a template puts them.
+        dump = production.model_dump(mode="json", by_alias=True)
+        self._secrets = hidden_values(dump, redact_production(dump))
 
     # ------------------------------------------------------------------ loop
     def run(self) -> PassReport:
@@ -257,6 +271,8 @@ class Shepherd:
         self._renew_lease()
         self.observe(report)
         self.plan(report)
+        if self.on_planned is not None:
+            self.on_planned()
         try:
             if self.data.stages:
                 staged = Stager(

@@ -283,11 +283,10 @@ def test_empty_and_broken_run_summaries_and_run_catalogs(tmp_path: Path) -> None
     summary = site.base / "monitoring" / "RunSummary" / f"RunSummary_{NIGHT_DIR}.ecsv"
     good = summary.read_text()
     summary.write_text("")  # still being written: neither "nothing to do" nor a closed night
-    for once in ((), ("--once",)):
-        empty = site.nightly("run", *once, "--poll", "0.2")
-        assert empty.returncode == 2, empty.stdout + empty.stderr
-        assert f"{summary}: the run summary is empty (still being written, or broken)" in empty.stderr
-        assert "nothing to do" not in empty.stdout and "Traceback" not in empty.stderr
+    empty = site.nightly("run", "--once", "--poll", "0.2")  # (a long-running shepherd waits for it)
+    assert empty.returncode == 2, empty.stdout + empty.stderr
+    assert f"{summary}: the run summary is empty (still being written, or broken)" in empty.stderr
+    assert "nothing to do" not in empty.stdout and "Traceback" not in empty.stderr
     summary.write_text(good.split("1805,")[0])  # the header only: a night without runs yet
     header_only = site.nightly("run", "--once")
     assert header_only.returncode == 0, header_only.stderr
@@ -388,3 +387,189 @@ def test_web_serves_the_nights_pages_live_and_read_only(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# ------------------------------------------------------------------ a night that changes (issue 18)
+
+
+def _wait_for(condition: object, what: str, seconds: float = 240) -> None:
+    """Poll ``condition`` (a callable) until true; the bound only keeps a broken run from hanging."""
+    end = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < end, f"still waiting for {what}"
+        time.sleep(0.5)
+
+
+def _finish(shepherd: subprocess.Popen[str]) -> tuple[str, str]:
+    stdout, stderr = shepherd.communicate(timeout=300)
+    assert shepherd.returncode == 0, stdout + stderr
+    return stdout, stderr
+
+
+def _events(site: Site) -> list[dict[str, object]]:
+    catalog = Catalog.open(f"sqlite:///{site.root / 'home' / 'catalog.sqlite'}")
+    try:
+        return catalog.events()
+    finally:
+        catalog.close()
+
+
+def test_a_run_appended_to_the_summary_mid_night_is_processed_before_the_close(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.run_summary(RUNS[:-1])  # run 1809 is not taken yet
+    for run, subruns, _kind in RUNS[:-1]:
+        site.raw(run, range(subruns if run != 1808 else 2))  # 1808's last sub-run still being written
+    assert site.status()["closed"] is None  # (the catalog made before two processes share it)
+    shepherd = site.start("--poll", "0.2")
+    try:
+        _wait_for(lambda: site.states().get(1807) == "COMPLETED", "run 1807")
+        # Run 1809 is appended and run 1808 grows to 4 sub-runs (the summary rewritten, as lstchain does).
+        site.run_summary([(r, 4 if r == 1808 else n, kind) for r, n, kind in RUNS])
+        # (Once the shepherd has read it: sub-run 2 registered before would complete 1808 at 3 sub-runs.)
+        _wait_for(lambda: any(e["kind"] == "run_grown" for e in _events(site)), "the summary read again")
+        site.raw(1809, range(2))
+        site.raw(1808, range(2, 4))
+        stdout, _ = _finish(shepherd)
+    finally:
+        shepherd.kill()
+    assert "is closed" in stdout
+    states = site.states()
+    assert states == dict.fromkeys((1806, 1807, 1808, 1809), "COMPLETED"), states
+    assert (site.base / "DL2" / NIGHT_DIR / "v0.1" / "dl2_LST-1.Run01809.csv").is_file()
+    added = [e for e in _events(site) if e["kind"] == "run_added"]
+    assert {e["detail"]["run_id"] for e in added} >= {1809}  # type: ignore[index]
+    grown = [e["detail"] for e in _events(site) if e["kind"] == "run_grown"]
+    assert grown == [{"run_id": 1808, "detail": "run 1808: n_subruns 3 -> 4"}]
+    merged = (site.base / "DL1" / NIGHT_DIR / "v0.1" / "dl1_LST-1.Run01808.csv").read_text().splitlines()
+    assert len(merged) == 1 + 4 * 20  # every sub-run, the one the summary added included
+    finished = (site.base / "running_analysis" / NIGHT_DIR / "v0.1" / "NightFinished.txt").read_text()
+    assert "run 1809: COMPLETED" in finished
+
+
+def test_no_run_summary_yet_the_night_waits_and_is_never_closed(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    summary = site.base / "monitoring" / "RunSummary" / f"RunSummary_{NIGHT_DIR}.ecsv"
+    once = site.nightly("run", "--once", "--poll", "0.2")
+    assert once.returncode == 0, once.stderr
+    assert site.status()["closed"] is None
+    shepherd = site.start("--poll", "0.2")
+    try:
+        assert shepherd.stdout is not None
+        first = shepherd.stdout.readline()  # printed before the shepherd's first pass
+        assert f"no run summary yet ({summary}); waiting" in first, first
+        summary.parent.mkdir(parents=True)
+        summary.write_text("")  # being written: waited for, not refused
+        full_night(site)
+        stdout, stderr = _finish(shepherd)
+    finally:
+        shepherd.kill()
+    assert "is closed" in stdout, stdout + stderr
+    assert set(site.states().values()) == {"COMPLETED"}
+    said = " ".join(once.stdout.split())
+    assert f"no run summary yet ({summary}); nothing to do yet, the night stays open" in said
+
+
+def test_an_empty_run_summary_is_waited_for_by_a_long_running_shepherd(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    summary = site.run_summary([])
+    summary.write_text("  \n")
+    shepherd = site.start("--poll", "0.2")
+    try:
+        assert shepherd.stdout is not None
+        first = shepherd.stdout.readline()
+        assert "the run summary is empty (still being written, or broken); waiting" in first, first
+        full_night(site)
+        stdout, stderr = _finish(shepherd)
+    finally:
+        shepherd.kill()
+    assert "is closed" in stdout, stdout + stderr
+    assert set(site.states().values()) == {"COMPLETED"}
+
+
+def test_a_veto_covers_the_sub_runs_that_arrive_after_it(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.run_summary(RUNS)
+    for run, subruns, _kind in RUNS:
+        site.raw(run, range(subruns if run != 1808 else 1))
+    first = site.nightly("run", "--once", "--poll", "0.2")
+    assert first.returncode == 0, first.stderr
+    vetoed = site.nightly("veto", "--run", "1808")
+    assert vetoed.returncode == 0, vetoed.stderr
+    site.raw(1808, range(1, 3))  # the run's next sub-runs arrive after the veto
+    result = site.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert "is closed" in result.stdout
+    dl1 = site.base / "DL1" / NIGHT_DIR / "v0.1"
+    assert not (dl1 / "dl1_LST-1.Run01808.0001.csv").exists()
+    assert not (dl1 / "dl1_LST-1.Run01808.0002.csv").exists()
+    assert not (dl1 / "dl1_LST-1.Run01808.csv").exists()
+    states = site.states()
+    assert states[1808] == "VETOED" and states[1807] == states[1809] == "COMPLETED", states
+    finished = (site.base / "running_analysis" / NIGHT_DIR / "v0.1" / "NightFinished.txt").read_text()
+    assert "run 1808: VETOED" in finished
+    assert "run 1808 vetoed" in vetoed.stdout and "later ones as they appear" in vetoed.stdout
+
+
+def test_a_run_missing_sub_runs_is_waiting_then_incomplete_after_a_hand_close(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.run_summary(RUNS)
+    for run, subruns, _kind in RUNS:
+        site.raw(run, range(subruns if run != 1808 else 2))  # sub-run 2 of 1808 never comes
+    for _ in range(10):
+        result = site.nightly("run", "--once", "--poll", "0.2")
+        assert result.returncode == 0, result.stderr
+        if site.states()[1807] == "COMPLETED":
+            break
+    rows = {row["run_id"]: row for row in site.status()["sequences"]}  # type: ignore[union-attr, index]
+    assert rows[1808]["state"] == "WAITING", rows[1808]
+    assert rows[1808]["detail"] == "sub-run(s) 2: no raw file"
+    closed = site.nightly("close")
+    assert closed.returncode == 0, closed.stderr
+    status = site.status()
+    assert status["closed"]
+    rows = {row["run_id"]: row for row in status["sequences"]}  # type: ignore[union-attr, index]
+    assert rows[1808]["state"] == "INCOMPLETE" and rows[1808]["detail"] == "sub-run(s) 2: no raw file"
+    assert rows[1807]["state"] == "COMPLETED"
+    finished = (site.base / "running_analysis" / NIGHT_DIR / "v0.1" / "NightFinished.txt").read_text()
+    assert "run 1808: INCOMPLETE (sub-run(s) 2: no raw file)" in finished
+    assert "run 1807: COMPLETED" in finished
+    page = (site.base / "web" / "nightly" / f"{NIGHT_DIR}.html").read_text()
+    assert 'data-run="1808" data-state="INCOMPLETE"' in page
+    table = site.nightly("status")
+    assert "INCOMPLETE" in table.stdout and "no raw file" in table.stdout
+
+
+def test_a_marker_closing_rule_keeps_the_night_open_for_runs_added_between_passes(tmp_path: Path) -> None:
+    workflow = yaml.safe_load((REPO / "workflows" / "toy_nightly.yaml").read_text())
+    workflow["close"] = {"summary_final": "marker"}
+    path = tmp_path / "marker_nightly.yaml"
+    path.write_text(yaml.safe_dump(workflow, sort_keys=False))
+    site = Site(tmp_path, path)
+    site.run_summary(RUNS[:-1])
+    for run, subruns, _kind in RUNS[:-1]:
+        site.raw(run, range(subruns))
+
+    def passes_until(condition: object) -> str:
+        for _ in range(12):
+            result = site.nightly("run", "--once", "--poll", "0.2")
+            assert result.returncode == 0, result.stderr
+            if condition():  # type: ignore[operator]
+                return result.stdout
+        raise AssertionError(f"not reached: {site.states()}")
+
+    stdout = passes_until(lambda: set(site.states().values()) == {"COMPLETED"})
+    marker = site.base / "monitoring" / "RunSummary" / f"RunSummary_{NIGHT_DIR}.final"
+    assert f"final when {marker} exists" in " ".join(stdout.split())
+    assert site.status()["closed"] is None  # everything listed is done, but the summary is not final
+    # Between two passes run 1809 is appended and run 1808 disappears from the summary (rewritten).
+    site.run_summary([run for run in RUNS if run[0] != 1808])
+    site.raw(1809, range(2))
+    dropped = site.nightly("run", "--once", "--poll", "0.2")
+    assert dropped.returncode == 0, dropped.stderr
+    assert "run_dropped" in dropped.stderr and "DATA run 1808: no longer listed; kept" in dropped.stderr
+    marker.touch()
+    passes_until(lambda: site.status()["closed"])
+    states = site.states()
+    assert states[1809] == "COMPLETED" and states[1808] == "COMPLETED", states
+    told = [e for e in _events(site) if e["kind"] == "run_dropped"]
+    assert len(told) == 1 and told[0]["detail"]["run_id"] == 1808  # type: ignore[index]
