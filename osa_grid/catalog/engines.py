@@ -51,6 +51,30 @@ def _sqlite(url: sa.URL) -> Engine:
     return engine
 
 
+# Any constant: the PostgreSQL advisory lock that lets one process at a time migrate the catalog.
+_MIGRATION_LOCK = 0x05A6_0002
+
+
+def _postgresql_migration_lock(connection: sa.Connection) -> None:
+    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+
+
+MIGRATION_LOCKS: dict[str, Callable[[sa.Connection], None]] = {
+    "postgresql": _postgresql_migration_lock,
+}
+
+
+def serialize_migrations(connection: sa.Connection) -> None:
+    """One migration at a time: two commands opening a new catalog at once must not both create it.
+
+    SQLite's writers already queue at BEGIN IMMEDIATE (``WRITER_OPTION``); a deferred transaction that
+    read first and then wrote would be refused at once ("database is locked") instead of waiting.
+    """
+    lock = MIGRATION_LOCKS.get(connection.dialect.name)
+    if lock is not None:
+        lock(connection)
+
+
 def _postgresql_registration_lock(connection: sa.Connection) -> None:
     # Ids come from a sequence at insert time, not commit time: without this, a registration that commits
     # late could carry an id below the planner's cursor and never be seen.

@@ -48,7 +48,12 @@ def upgrade(engine: Engine) -> None:
             return
     from alembic import command
 
-    with engine.begin() as connection:
+    from osa_grid.catalog.engines import WRITER_OPTION, serialize_migrations
+
+    # A writer from BEGIN on, under the migration lock: alembic reads the revision again inside, so the
+    # second of two processes opening a new catalog waits for the first and then finds nothing to do.
+    with engine.connect().execution_options(**{WRITER_OPTION: True}) as connection, connection.begin():
+        serialize_migrations(connection)
         command.upgrade(_config(connection), "head")
 
 

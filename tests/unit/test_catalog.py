@@ -188,6 +188,34 @@ def test_the_numbered_head_is_alembic_head_of_one_line_of_revisions() -> None:
     assert [r.revision for r in reversed(revisions)] == [f"{n:04d}" for n in range(1, len(revisions) + 1)]
 
 
+def test_commands_opening_a_new_catalog_at_once_all_succeed(catalog_url: str) -> None:
+    # `nightly run` and `nightly status` started together used to fail one of them with "database is
+    # locked": both read the empty catalog, then both tried to migrate it.
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            Catalog.open(catalog_url).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    catalog = Catalog.open(catalog_url)
+    try:
+        with catalog.engine.connect() as conn:
+            versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+        assert versions == [migrate.head_revision()]
+    finally:
+        catalog.close()
+
+
 def test_opening_twice_is_a_no_op(catalog_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     first = Catalog.open(catalog_url)
     try:
