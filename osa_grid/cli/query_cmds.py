@@ -93,7 +93,10 @@ def query(
         Optional[str],  # noqa: UP045
         typer.Option(help="Sort keys, '-' for descending: --sort=night,-run_id (default: registration)"),
     ] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many files")] = None,  # noqa: UP045
+    limit: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, max=querylang.INT64_MAX, help="At most this many files"),  # the database's bound
+    ] = None,
     count: Annotated[bool, typer.Option("--count", help="Only the number of matching files")] = False,
     group_by: Annotated[
         Optional[str],  # noqa: UP045
