@@ -65,6 +65,13 @@ _NUMBER_TYPES = ("int", "float")
 _TEXT_TYPES = ("str", "date", "datetime")
 _LIKE_ESCAPE = "\\"
 ESTIMATE_CAP = 5000  # rows counted at most per condition when planning: enough to rank, cheap to count
+# Sort and group keys: each is one or two outer joins and four ORDER BY terms. SQLite 3.40 crashes
+# (segmentation fault) on 16 sort keys and refuses 64 joins; SQLAlchemy recurses once per join.
+MAX_SORT_KEYS = 8
+# Long and/or chains: SQLite refuses more than 500 terms in a compound SELECT and an expression deeper
+# than 1000; PostgreSQL runs out of stack on a few thousand set operations. Chains are built from
+# parenthesized chunks of at most this many terms: a depth of CHAIN_CHUNK per level, log(n) levels.
+CHAIN_CHUNK = 50
 
 _SQL_OPERATORS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
     "=": operator.eq,
@@ -168,7 +175,7 @@ class _Compiler:
         if isinstance(node, Not):
             return sa.not_(self.compile(node.item))
         items = [self.compile(item) for item in node.items]
-        return sa.and_(*items) if isinstance(node, And) else sa.or_(*items)
+        return chained(sa.and_ if isinstance(node, And) else sa.or_, items)
 
     def leaf(self, leaf: Leaf) -> ColumnElement[bool]:
         driven = id(leaf) in self.plan.drivers
@@ -223,10 +230,29 @@ def leaf_rows(leaf: Leaf | OnSets, plan: Plan) -> sa.Select[Any] | sa.CompoundSe
 def set_rows(node: Node) -> sa.Select[Any] | sa.CompoundSelect:
     """The ids of the metadata sets a positive condition on set keys selects: and = intersect, or = union."""
     if isinstance(node, And | Or):
+        combine = sa.intersect if isinstance(node, And) else sa.union
         parts = [_simple(set_rows(item)) for item in node.items]
-        return sa.intersect(*parts) if isinstance(node, And) else sa.union(*parts)
+        while len(parts) > CHAIN_CHUNK:  # a compound of compounds, each of a bounded number of terms
+            parts = [_simple(combine(*chunk)) for chunk in _chunks_of(parts)]
+        return combine(*parts) if len(parts) > 1 else parts[0]
     assert isinstance(node, Comparison | InList | Range | Exists)
     return _set_rows_of_leaf(node)
+
+
+def chained(
+    combine: Callable[..., ColumnElement[bool]], items: Sequence[ColumnElement[bool]]
+) -> ColumnElement[bool]:
+    """``a AND b AND ...`` (or OR) as a tree of parenthesized chunks: bounded depth for any length.
+
+    Databases parse a flat chain into a left-deep tree, one level per term.
+    """
+    while len(items) > CHAIN_CHUNK:
+        items = [_Parenthesized(combine(*chunk)) for chunk in _chunks_of(items)]
+    return combine(*items)
+
+
+def _chunks_of(items: Sequence[Any]) -> list[Sequence[Any]]:
+    return [items[start : start + CHAIN_CHUNK] for start in range(0, len(items), CHAIN_CHUNK)]
 
 
 def _simple(rows: sa.Select[Any] | sa.CompoundSelect) -> sa.Select[Any]:
@@ -464,6 +490,7 @@ def sorted_files(
     sort: Sequence[SortKey], places: KeyPlaces | None = None
 ) -> tuple[sa.FromClause, list[ColumnElement[Any]]]:
     """The files joined to the metadata they are sorted by, and the ORDER BY (registration order last)."""
+    _check_key_count("sort", len(sort))
     source: sa.FromClause = _FILES
     order: list[ColumnElement[Any]] = []
     columns = file_columns()
@@ -480,6 +507,7 @@ def sorted_files(
 
 def grouped_files(keys: Sequence[str], places: KeyPlaces | None = None) -> sa.Select[Any]:
     """Files and bytes per combination of values of ``keys``: four columns per key, then files, bytes."""
+    _check_key_count("group", len(keys))
     source: sa.FromClause = _FILES
     columns: list[ColumnElement[Any]] = []
     order: list[ColumnElement[Any]] = []
@@ -489,6 +517,11 @@ def grouped_files(keys: Sequence[str], places: KeyPlaces | None = None) -> sa.Se
         order += _value_order(value, descending=False)
     totals = [sa.func.count().label("files"), sa.func.sum(_FILES.c.size).label("bytes")]
     return sa.select(*columns, *totals).select_from(source).group_by(*columns).order_by(*order)
+
+
+def _check_key_count(what: str, count: int) -> None:
+    if count > MAX_SORT_KEYS:
+        raise BadInput(f"files can be {what}ed by at most {MAX_SORT_KEYS} keys, not {count}")
 
 
 def runs_of_night(places: KeyPlaces | None = None) -> sa.Select[Any]:
@@ -608,6 +641,31 @@ def _in_sets_default(element: _InSets, compiler: SQLCompiler, **kw: Any) -> str:
 def _in_sets_on_postgresql(element: _InSets, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.column, **kw)
     return f"{column} = ANY(ARRAY({compiler.process(element.sets.scalar_subquery(), **kw)}))"
+
+
+class _Parenthesized(ColumnElement[bool]):
+    """A condition in parentheses that SQLAlchemy keeps (it flattens a chain nested in the same operator)."""
+
+    __visit_name__ = "osa_grid_parenthesized"
+    inherit_cache = True
+    _is_implicitly_boolean = True
+    type = sa.Boolean()
+    _traverse_internals = [("element", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+
+    def __init__(self, element: ColumnElement[bool]) -> None:
+        self.element = element
+
+
+@compiles(_Parenthesized)
+def _parenthesized(element: _Parenthesized, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.element, **kw)})"
+
+
+@compiles(_Parenthesized, "postgresql")
+def _parenthesized_on_postgresql(element: _Parenthesized, compiler: SQLCompiler, **kw: Any) -> str:
+    # IS TRUE (the same: conditions are never NULL) keeps PostgreSQL from pulling the chunk's EXISTS up into
+    # joins: planning hundreds of semi-joins took hours. The chunk's subqueries are then probed per file.
+    return f"(({compiler.process(element.element, **kw)}) IS TRUE)"
 
 
 class _Bytewise(ColumnElement[str]):

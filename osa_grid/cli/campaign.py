@@ -12,6 +12,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from osa_grid.cli.common import console, handle_errors, settings_of
 from osa_grid.cli.query_cmds import human_size
@@ -59,7 +60,9 @@ def plan(
             chosen = workspace.backend(name)
         except OsaGridError as exc:
             # A plan is still useful where the backend is not reachable: slots then come from the limit.
-            console.print(f"[yellow]backend {name} unavailable ({exc}); slots from the campaign's limit[/]")
+            console.print(
+                Text(f"backend {name} unavailable ({exc}); slots from the campaign's limit", "yellow")
+            )
             chosen = None
         result = campaigns.make_plan(workspace.catalog, loaded, chosen, workspace.data)
     if as_json:
@@ -238,7 +241,7 @@ def progress_view(state: campaigns.Progress) -> Group:
             str(step.done),
             str(step.running or ""),
             str(step.queued or ""),
-            f"[red]{step.failed}[/]" if step.failed else "",
+            Text(str(step.failed), "red") if step.failed else "",
             str(step.total),
             str(step.waiting_files or ""),
             f"{step.rate_per_hour:.1f}",
@@ -257,14 +260,14 @@ def progress_view(state: campaigns.Progress) -> Group:
 
 def progress_bars(state: campaigns.Progress) -> Progress:
     bars = Progress(
-        TextColumn(f"{state.campaign} " + "{task.description}"),
+        TextColumn("{task.description}", markup=False),  # names are data: no markup, no format fields
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[rate]}", markup=False),
     )
     for step in state.steps:
         bars.add_task(
-            step.name,
+            f"{state.campaign} {step.name}",
             total=max(step.total, 1),
             completed=step.done,
             rate=f"{step.rate_per_hour:.1f}/h, {step.running} running, {step.failed} failed",

@@ -18,9 +18,18 @@ from osa_grid.errors import OsaGridError
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+def terminal(**options: Any) -> Console:
+    """A console that prints every string as it is: never read as Rich markup (``[/bold]`` would crash,
+    ``[link=...]`` would make a hyperlink) nor as emoji codes. File names, metadata, RunCatalog fields and
+    step errors are data (DESIGN.md, "Trust boundaries"); styles are given as ``rich.text.Text``.
+    """
+    return Console(markup=False, emoji=False, **options)
+
+
 # Output that is piped or logged should not be wrapped at 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
-errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+console = terminal(width=None if sys.stdout.isatty() else 160)
+errors = terminal(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def settings_of(ctx: typer.Context) -> Settings:

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
-from osa_grid.cli.common import console, handle_errors, settings_of
+from osa_grid.cli.common import console, handle_errors, settings_of, terminal
 from osa_grid.config import Settings
 from osa_grid.core.nightly import NightlyWorkflow, SequenceStatus, Veto
 from osa_grid.core.sequences import NightPlan
@@ -240,17 +239,17 @@ def _print_table(tonight: Night, rows: list[SequenceStatus]) -> None:
     for row in rows:
         table.add_row(
             *identity_cells(row),
-            f"[{STATE_STYLES.get(row.state, '')}]{row.state}[/]" if row.state in STATE_STYLES else row.state,
+            Text(row.state, style=STATE_STYLES.get(row.state, "")),
             "" if row.exit_code is None else str(row.exit_code),
             *(f"{row.progress[label]:.0f}%" for label in tonight.workflow.columns),
             *(figure(row.quality.get(label)) for label in tonight.workflow.quality),
-            escape(row.detail),
+            row.detail,
         )
     out = console
     if not console.is_terminal:
         # A log or a pipe: the whole table, not 160 columns of cut cells (the quality figures widen it).
         needed = Measurement.get(console, console.options.update_width(1000), table).maximum
-        out = Console(width=max(console.width, needed))
+        out = terminal(width=max(console.width, needed))
     out.print(table)
 
 

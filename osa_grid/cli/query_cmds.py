@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from osa_grid.catalog.querysql import SortKey
 from osa_grid.catalog.store import Catalog, CatalogFile, Dataset, Group, RunLevel
-from osa_grid.cli.common import console, handle_errors, settings_of
+from osa_grid.cli.common import console, handle_errors, settings_of, terminal
 from osa_grid.core import query as querylang
 from osa_grid.errors import BadInput
 from osa_grid.services import datasets as dataset_service
@@ -94,7 +93,10 @@ def query(
         Optional[str],  # noqa: UP045
         typer.Option(help="Sort keys, '-' for descending: --sort=night,-run_id (default: registration)"),
     ] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many files")] = None,  # noqa: UP045
+    limit: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, max=querylang.INT64_MAX, help="At most this many files"),  # the database's bound
+    ] = None,
     count: Annotated[bool, typer.Option("--count", help="Only the number of matching files")] = False,
     group_by: Annotated[
         Optional[str],  # noqa: UP045
@@ -218,7 +220,7 @@ def _print_table(found: Sequence[CatalogFile], columns: Sequence[str]) -> None:
     for column in columns:
         table.add_column(column, no_wrap=column == "lfn", justify="right" if column == "size" else "left")
     for item in found:
-        table.add_row(*(escape(_csv_cell(field_value(item, c))) for c in columns))
+        table.add_row(*(_csv_cell(field_value(item, c)) for c in columns))
     console.print(table)
 
 
@@ -241,7 +243,7 @@ def _print_groups(groups: Sequence[Group], keys: Sequence[str], shape: Format) -
     table.add_column("files", justify="right")
     table.add_column("size", justify="right")
     for group in groups:
-        cells = [escape(_csv_cell(v)) if v is not None else "[dim](none)[/dim]" for v in group.values]
+        cells = [_csv_cell(v) if v is not None else Text("(none)", "dim") for v in group.values]
         table.add_row(*cells, str(group.files), human_size(group.size))
     console.print(table)
 
@@ -319,7 +321,7 @@ def _write(output: Path | None, content: str | bytes) -> None:
 
 def _plain_text(renderable: Any) -> str:
     buffer = io.StringIO()
-    Console(file=buffer, width=200, color_system=None).print(renderable)
+    terminal(file=buffer, width=200, color_system=None).print(renderable)
     return buffer.getvalue()
 
 
@@ -334,48 +336,49 @@ def _add_producer(branch: Tree, graph: prov.Graph, item: prov.FileNode, shown: s
     task = graph.producer(item)
     if task is None:
         if item.task_id:
-            branch.add(f"[dim]made by task {item.task_id}, which is not in the catalog[/dim]")
+            branch.add(Text(f"made by task {item.task_id}, which is not in the catalog", "dim"))
         return
     if task.task_id in shown:
-        branch.add(f"[dim]{escape(task.transformation)} task {task.task_id[:10]} (shown above)[/dim]")
+        branch.add(Text(f"{task.transformation} task {task.task_id[:10]} (shown above)", "dim"))
         return
     shown.add(task.task_id)
     node = branch.add(_task_text(task))
     final = task.final
     if final is not None:
-        node.add(f"[dim]$ {escape(final.command)}[/dim]")
-        versions = escape(prov._versions(final.software))
-        node.add(f"[dim]software: {versions}; config {final.config_digest[:12]}[/dim]")
+        node.add(Text(f"$ {final.command}", "dim"))
+        versions = prov._versions(final.software)
+        node.add(Text(f"software: {versions}; config {final.config_digest[:12]}", "dim"))
     for file_id, role in task.inputs:
         child = graph.files.get(file_id)
         if child is None:
             continue
-        label = _file_text(child) + (
-            "" if role == prov.INPUT_ROLE else f"  [magenta]({escape(role)})[/magenta]"
-        )
+        label = _file_text(child)
+        if role != prov.INPUT_ROLE:
+            label.append(f"  ({role})", "magenta")
         _add_producer(node.add(label), graph, child, shown)
     if graph.hidden.get(task.task_id):
-        node.add(f"[dim]{prov.more_inputs(graph.hidden[task.task_id])} (--all shows them)[/dim]")
+        node.add(Text(f"{prov.more_inputs(graph.hidden[task.task_id])} (--all shows them)", "dim"))
 
 
-def _file_text(item: prov.FileNode) -> str:
+def _file_text(item: prov.FileNode) -> Text:
     level = item.metadata.get("data_level")
     details = [str(level)] if level is not None else []
     details.append(human_size(item.size))
     if item.task_id is None:
         details.append("raw")
-    return f"[bold]{escape(item.lfn)}[/bold]  [dim]{escape(', '.join(details))}[/dim]"
+    return Text.assemble((item.lfn, "bold"), "  ", (", ".join(details), "dim"))
 
 
-def _task_text(task: prov.TaskNode) -> str:
-    text = f"[cyan]{escape(task.transformation)}[/cyan] task {task.task_id[:10]} [dim]{task.state}[/dim]"
+def _task_text(task: prov.TaskNode) -> Text:
+    text = Text.assemble(
+        (task.transformation, "cyan"), f" task {task.task_id[:10]} ", (str(task.state), "dim")
+    )
     final = task.final
     if final is None:
         return text
     where = f"{final.backend} job {final.job_id}" if final.job_id else final.backend
     when = _interval(final.started_at, final.ended_at)
-    attempt = f"attempt {final.attempt} on {escape(final.host)} ({escape(where)}), exit {final.exit_code}"
-    return f"{text}  {attempt}{when}"
+    return text.append(f"  attempt {final.attempt} on {final.host} ({where}), exit {final.exit_code}{when}")
 
 
 def _interval(start: datetime | None, end: datetime | None) -> str:
@@ -455,10 +458,10 @@ def _runs_table(day: date, summary: Sequence[dict[str, Any]]) -> Table:
         levels = "  ".join(f"{name} {level['files']}" for name, level in record["levels"].items())
         table.add_row(
             str(record["run_id"]),
-            escape(record["run_type"] or ""),
-            escape(record["source"] or ""),
+            record["run_type"] or "",
+            record["source"] or "",
             f"{record['subruns']}{expected}",
-            escape(levels),
+            levels,
             str(record["files"]),
             human_size(record["size"]),
         )
@@ -500,11 +503,11 @@ def datasets_list(
         table.add_column(column, justify="right" if column in ("files", "size") else "left")
     for dataset in found:
         table.add_row(
-            escape(dataset.name),
+            dataset.name,
             _kind(dataset),
             str(dataset.files),
             human_size(dataset.size),
-            escape(dataset.query),
+            dataset.query,
         )
     console.print(table)
 
@@ -523,7 +526,7 @@ def datasets_create(
     """A named query, live (files registered later join it) or frozen to the files it matches now."""
     with open_workspace(settings_of(ctx)) as workspace:
         dataset = dataset_service.create(workspace.catalog, name, query_text, description, frozen)
-    console.print(f"dataset {escape(dataset.name)}: {_kind(dataset)}, {dataset.files} file(s) now")
+    console.print(f"dataset {dataset.name}: {_kind(dataset)}, {dataset.files} file(s) now")
 
 
 @datasets_app.command("show")
@@ -540,10 +543,10 @@ def datasets_show(
     if output_format == ListFormat.json:
         print(json.dumps(record))
         return
-    table = Table(show_header=False, title=f"dataset {escape(dataset.name)}", title_justify="left")
+    table = Table(show_header=False, title=f"dataset {dataset.name}", title_justify="left")
     for key, value in record.items():
         shown = human_size(int(value)) if key == "size" else "" if value is None else str(value)
-        table.add_row(key, escape(shown))
+        table.add_row(key, shown)
     console.print(table)
     console.print(f"its files: osa-grid query 'in dataset {dataset.name}'")
 
@@ -554,7 +557,7 @@ def datasets_freeze(ctx: typer.Context, name: Annotated[str, typer.Argument(help
     """Fix a live dataset to the files its query matches now."""
     with open_workspace(settings_of(ctx)) as workspace:
         dataset = workspace.catalog.freeze_dataset(name)
-    console.print(f"dataset {escape(dataset.name)} frozen with {dataset.files} file(s)")
+    console.print(f"dataset {dataset.name} frozen with {dataset.files} file(s)")
 
 
 @datasets_app.command("delete")
@@ -563,7 +566,7 @@ def datasets_delete(ctx: typer.Context, name: Annotated[str, typer.Argument(help
     """Forget a dataset (its files stay in the catalog)."""
     with open_workspace(settings_of(ctx)) as workspace:
         workspace.catalog.delete_dataset(name)
-    console.print(f"dataset {escape(name)} deleted")
+    console.print(f"dataset {name} deleted")
 
 
 def _kind(dataset: Dataset) -> str:

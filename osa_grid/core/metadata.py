@@ -78,7 +78,7 @@ def sortable_text(value: date | datetime | str) -> str:
 def parse_literal(text: str) -> MetaValue:
     """The typed value of a literal as a user writes it on a command line (``run_id=1807``)."""
     if re.fullmatch(r"[+-]?\d+", text):
-        return int(text)
+        return _integer(text)
     if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?", text):
         return float(text)
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
@@ -88,7 +88,25 @@ def parse_literal(text: str) -> MetaValue:
             raise BadInput(f"{text!r} looks like a date but is not one: {exc}") from exc
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:\d{2}|Z)?", text):
         try:
-            return datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise BadInput(f"{text!r} looks like a datetime but is not one: {exc}") from exc
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            sortable_text(value)  # stored and compared in UTC: 0001-01-01T00:00+01:00 is before year 1
+        except (ValueError, OverflowError) as exc:
+            raise BadInput(f"{text!r} looks like a datetime but is not one in UTC's range: {exc}") from exc
+        return value
     return text
+
+
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _integer(text: str) -> int:
+    """An integer the catalog can store (64-bit signed); a longer one is refused before Python converts it."""
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 19:  # also beyond Python's int-string conversion limit (4300 digits): one message
+        raise BadInput(
+            f"integer {text[:20]}... ({len(digits)} digits) is out of range (64-bit signed integers)"
+        )
+    value = int(text)
+    if not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+        raise BadInput(f"integer {text} is out of range (64-bit signed integers)")
+    return value
