@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rich.console import Console
 
 from osa_grid.catalog.store import Catalog, TaskRow
+from osa_grid.cli.common import terminal
 from osa_grid.cli.views import failures_table
 from osa_grid.core import query as querylang
 from osa_grid.core.metadata import check_metadata
@@ -231,7 +231,6 @@ PRINTABLE = st.text(
 )
 
 
-@pytest.mark.xfail(strict=True, reason="escaping lands with the terminal-sql branch")
 @FUZZ
 @given(st.one_of(st.sampled_from([t for t in TRICKY if t.isprintable() and t.strip()]), PRINTABLE))
 def test_a_table_cell_shows_the_value_text(value: str) -> None:
@@ -251,6 +250,6 @@ def test_a_table_cell_shows_the_value_text(value: str) -> None:
         None,
         datetime.now(UTC),
     )
-    console = Console(width=400, record=True, color_system=None)
+    console = terminal(width=400, record=True, color_system=None)
     console.print(failures_table([row]))
     assert f"source {value}" in console.export_text()
