@@ -20,7 +20,7 @@ from osa_grid.catalog.store import Catalog
 from osa_grid.core import query as querylang
 from osa_grid.core import templates
 from osa_grid.core.metadata import MetaValue
-from osa_grid.core.names import metadata_from_name, name_pattern
+from osa_grid.core.names import name_pattern
 from osa_grid.core.nightly import (
     NightlyWorkflow,
     SequenceStatus,
@@ -386,9 +386,9 @@ class Night:
         pattern = name_pattern(self.workflow.raw.pattern)
         found = []
         for entry in os.scandir(directory):
-            if not entry.is_file() or not pattern.match(entry.name):
+            metadata = pattern.metadata(entry.name) if entry.is_file() else None
+            if metadata is None:
                 continue
-            metadata = metadata_from_name(self.workflow.raw.pattern, entry.name)
             if metadata.get("run_id") != run.run_id or not self._listed(run, metadata.get("subrun_id")):
                 continue
             found.append(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from osa_grid.core.names import metadata_from_name, name_pattern
+from osa_grid.core.names import _Matcher, metadata_from_name, name_pattern
 from osa_grid.errors import BadInput
 
 LST = "LST-1.{stream:d}.Run{run_id:d}.{subrun_id:d}.fits.fz"
@@ -120,3 +121,75 @@ def test_float_fields_that_do_not_parse_are_bad_input(name: str) -> None:
 def test_lst_names_round_trip(stream: int, run: int, subrun: int) -> None:
     name = f"LST-1.{stream}.Run{run:05d}.{subrun:04d}.fits.fz"
     assert metadata_from_name(LST, name) == {"stream": stream, "run_id": run, "subrun_id": subrun}
+
+
+def test_many_untyped_fields_on_a_name_that_does_not_match_is_decided_without_backtracking() -> None:
+    # A regular expression of 20 lazy groups backtracked for minutes on this; the matcher decides each
+    # (piece, position) pair once, which the count of decisions shows.
+    template = "".join(f"{{f{i}}}." for i in range(20)) + "h5"
+    pattern = name_pattern(template)
+    name = "a." * 100 + "fits"
+    assert pattern.match(name) is None
+    matcher = _Matcher(pattern._pieces, name)
+    assert matcher.groups() is None
+    pieces, positions = len(pattern._pieces) + 1, len(name) + 1
+    assert matcher.fits.cache_info().currsize <= pieces * positions
+
+
+def test_many_fields_still_match_like_a_regular_expression() -> None:
+    template = "".join(f"{{f{i}}}." for i in range(20)) + "h5"
+    name = ".".join(f"v{i}" for i in range(19)) + ".x.y.h5"
+    found = metadata_from_name(template, name)
+    assert [found[f"f{i}"] for i in range(19)] == [f"v{i}" for i in range(19)]
+    assert found["f19"] == "x.y"
+
+
+@pytest.mark.parametrize(
+    ("template", "name", "expected"),
+    [
+        ("{a:d}{b:d}.h5", "12345.h5", {"a": 1234, "b": 5}),  # numbers as long as possible
+        ("{a}{b:d}.h5", "ab123.h5", {"a": "ab", "b": 123}),
+        ("{a:f}_{b}", "-1.5e3_rest_x", {"a": -1500.0, "b": "rest_x"}),
+        ("{a}.{b}.h5", "x.y.z.h5", {"a": "x", "b": "y.z"}),
+        ("{a}", "x", {"a": "x"}),
+    ],
+)
+def test_preferences_of_a_regular_expression(template: str, name: str, expected: dict[str, object]) -> None:
+    assert metadata_from_name(template, name) == expected
+
+
+def test_too_many_fields_and_too_long_names() -> None:
+    with pytest.raises(BadInput, match="more than 64 fields"):
+        name_pattern("".join(f"{{f{i}}}_" for i in range(65)))
+    assert name_pattern("{a}").match("x" * 2000) is None
+
+
+def _as_regex(template: str) -> re.Pattern[str]:
+    # The regular expression the matcher replaces: the reference for small cases, where it is fast.
+    parts = re.split(r"(\{[a-z]+(?::d)?\})", template)
+    pieces = [
+        (f"(?P<{p[1:-1].split(':')[0]}>" + (r"[+-]?\d+" if p.endswith(":d}") else ".+?") + ")")
+        if p.startswith("{")
+        else re.escape(p)
+        for p in parts
+    ]
+    return re.compile("^" + "".join(pieces) + "$")
+
+
+@given(
+    st.lists(st.sampled_from(["_", ".", "x", "1", "-"]), max_size=3).map("".join),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["", ":d"]), st.lists(st.sampled_from(["_", ".", "x"]), max_size=2).map("".join)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.text(alphabet="_.x1-2", max_size=12),
+)
+def test_the_matcher_agrees_with_the_regular_expression(
+    head: str, fields: list[tuple[str, str]], name: str
+) -> None:
+    template = head + "".join(f"{{f{chr(97 + i)}{kind}}}{tail}" for i, (kind, tail) in enumerate(fields))
+    expected = _as_regex(template).match(name)
+    assert name_pattern(template).match(name) == (None if expected is None else expected.groupdict())
