@@ -30,7 +30,8 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, cast
+from functools import partial
+from typing import Any, TypeGuard, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -64,6 +65,8 @@ _MEMBERS = schema.dataset_files
 _NUMBER_TYPES = ("int", "float")
 _TEXT_TYPES = ("str", "date", "datetime")
 _LIKE_ESCAPE = "\\"
+# Parts of one ``and`` whose rows are counted to choose its driver (the likeliest, by kind of condition).
+MAX_COUNTED_DRIVERS = 16
 ESTIMATE_CAP = 5000  # rows counted at most per condition when planning: enough to rank, cheap to count
 # Sort and group keys: each is one or two outer joins and four ORDER BY terms. SQLite 3.40 crashes
 # (segmentation fault) on 16 sort keys and refuses 64 joins; SQLAlchemy recurses once per join.
@@ -174,8 +177,33 @@ class _Compiler:
             return self.leaf(node)
         if isinstance(node, Not):
             return sa.not_(self.compile(node.item))
-        items = [self.compile(item) for item in node.items]
-        return chained(sa.and_ if isinstance(node, And) else sa.or_, items)
+        if isinstance(node, And):
+            return chained(sa.and_, self._conjuncts(node.items))
+        return chained(sa.or_, [self.compile(item) for item in node.items])
+
+    def _conjuncts(self, items: Sequence[Node]) -> list[ColumnElement[bool]]:
+        """The parts of an ``and``, checked conditions on one key tested in one subquery.
+
+        A file has one value per key (in its own metadata or its set's), so "a value with c1 and one with
+        c2" is "a value with c1 and c2": 3000 ``subrun_id != n`` are one subquery, not 3000, which
+        PostgreSQL took minutes to plan.
+        """
+        by_key: dict[str, list[CheckedLeaf]] = {}
+        for item in items:
+            if self._checked(item):
+                by_key.setdefault(item.key, []).append(item)
+        compiled: list[ColumnElement[bool]] = []
+        for item in items:
+            group = by_key[item.key] if self._checked(item) else []
+            if len(group) < 2:
+                compiled.append(self.compile(item))
+            elif item is group[0]:
+                compiled.append(_has(item.key, self.plan.places, partial(_all_of, group)))
+        return compiled
+
+    def _checked(self, node: Node) -> TypeGuard[CheckedLeaf]:
+        """A condition checked on each file's value (not one that drives: that reads an index)."""
+        return _checked_leaf(node) and id(node) not in self.plan.drivers
 
     def leaf(self, leaf: Leaf) -> ColumnElement[bool]:
         driven = id(leaf) in self.plan.drivers
@@ -281,6 +309,18 @@ def _has(key: str, places: KeyPlaces, condition: ValueCondition) -> ColumnElemen
         )
         found.append(in_set.correlate(_FILES))
     return found[0] if len(found) == 1 else sa.or_(*found)
+
+
+CheckedLeaf = Comparison | InList | Range | Exists
+
+
+def _checked_leaf(node: Node) -> TypeGuard[CheckedLeaf]:
+    """A condition on one value of one key (a negated list or range also needs the value's type)."""
+    return isinstance(node, Comparison | Exists) or (isinstance(node, InList | Range) and not node.negated)
+
+
+def _all_of(leaves: Sequence[CheckedLeaf], m: sa.Table) -> ColumnElement[bool]:
+    return chained(sa.and_, [_positive_condition(leaf, m) for leaf in leaves])
 
 
 def _positive_condition(leaf: Comparison | InList | Range | Exists, m: sa.Table) -> ColumnElement[bool]:
@@ -398,9 +438,27 @@ def _mark(node: Node, costs: _Costs, drivers: set[int]) -> None:
         for item in node.items:
             _mark(item, costs, drivers)
     elif isinstance(node, And):
-        candidates = [item for item in node.items if drivable(item)]
+        candidates = _likely_drivers([item for item in node.items if drivable(item)])
         best = candidates[0] if len(candidates) == 1 else min(candidates, key=costs.of)
         _mark(best, costs, drivers)
+
+
+def _likely_drivers(candidates: list[Node]) -> list[Node]:
+    """The parts of an ``and`` worth counting: each count is a query, and a chain of 3000 conditions
+    made 3000 of them. Equalities and lists select least as a rule, ``!=`` and globs most."""
+    if len(candidates) <= MAX_COUNTED_DRIVERS:
+        return candidates
+    return sorted(candidates, key=_selectivity_rank)[:MAX_COUNTED_DRIVERS]
+
+
+def _selectivity_rank(node: Node) -> int:
+    if isinstance(node, InDataset | OnSets | InList) or (isinstance(node, Comparison) and node.op == "="):
+        return 0
+    if isinstance(node, Range) or (isinstance(node, Comparison) and node.op in ("<", "<=", ">", ">=")):
+        return 1
+    if isinstance(node, And | Or | Exists):
+        return 2
+    return 3  # != and globs
 
 
 class _Costs:
