@@ -262,7 +262,8 @@ def _operator(
     run_id: int | None,
     action: OperatorAction,
 ) -> int:
-    with open_workspace(_settings(ctx, base_dir)) as workspace:
+    settings = _settings(ctx, base_dir)
+    with open_workspace(settings) as workspace:
         tonight = _night(workspace, workflow, night, run_summary)
         save_night_production(workspace.catalog, tonight)
         _check_run(tonight, run_id)
@@ -274,7 +275,15 @@ def _operator(
             for row, run in workspace.catalog.tasks_with_key(name, "run_id")
             if run_id is None or run == run_id
         ]
-        return len(change_states(workspace, name, action, task_ids=chosen))
+        changed = len(change_states(workspace, name, action, task_ids=chosen))
+        if action == RETRY and changed:
+            # A repair of a closed night: it is reopened, so the next pass runs the tasks and closes it again.
+            what = f"run {run_id}" if run_id is not None else "the night"
+            note = f"nightly retry of {what}: {changed} task(s)"
+            if tonight.reopen(notifier_from_url(settings.notify), note) is not None:
+                tonight.write_page()
+                console.print(f"night {tonight.night} was closed: reopened ({note})", markup=False)
+        return changed
 
 
 def _check_run(tonight: Night, run_id: int | None) -> None:
@@ -292,9 +301,39 @@ def retry(
     workflow: WorkflowOption = None,
     run_summary: SummaryOption = None,
 ) -> None:
-    """Failed and vetoed steps of the night (or of one run) run again on the next pass; vetoes are lifted."""
+    """Failed and vetoed steps of the night (or of one run) run again on the next pass; vetoes are lifted.
+    A closed night is reopened (recorded as an event) and closes again once they have run."""
     n = _operator(ctx, night, base_dir, workflow, run_summary, run, RETRY)
     console.print(f"{n} task(s) ready again")
+
+
+@nightly_app.command("reopen")
+@handle_errors
+def reopen(
+    ctx: typer.Context,
+    night: DateOption,
+    reason: Annotated[Optional[str], typer.Option(help="Why, for the record and the page")] = None,  # noqa: UP045
+    base_dir: BaseDirOption = None,
+    workflow: WorkflowOption = None,
+    run_summary: SummaryOption = None,
+) -> None:
+    """Reopen a closed night for a repair: `nightly run` then processes what is ready (new data, retried
+    steps) and closes it again, rewriting NightFinished, the provenance and the page."""
+    settings = _settings(ctx, base_dir)
+    with open_workspace(settings) as workspace:
+        tonight = _night(workspace, workflow, night, run_summary)
+        save_night_production(workspace.catalog, tonight)
+        closed = tonight.reopen(notifier_from_url(settings.notify), reason)
+        if closed is None:
+            console.print(f"night {tonight.night} is not closed: nothing to reopen")
+            return
+        tonight.write_page()
+    console.print(
+        f"night {tonight.night} reopened (it was closed at {closed:%Y-%m-%d %H:%M} UTC); "
+        "`nightly run` processes it and closes it again",
+        soft_wrap=True,
+        markup=False,
+    )
 
 
 @nightly_app.command("veto")

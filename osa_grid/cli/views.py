@@ -54,7 +54,7 @@ def failures_table(rows: list[TaskRow]) -> Table:
             row.state.value,
             str(row.attempt),
             "" if row.exit_code is None else str(row.exit_code),
-            (row.error or "")[:200],
+            (row.error or "")[:1000],
             row.workdir or "",
         )
     return table

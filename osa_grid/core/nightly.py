@@ -192,6 +192,7 @@ class TaskOfRun:
     job_id: str | None
     exit_code: int | None
     subrun_id: int | None = None  # the sub-run of a per-sub-run task
+    error: str | None = None  # why it failed (the tail of its stderr, its log)
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,7 @@ def run_state(
     if state == "COMPLETED" and not missing:
         return state, "" if not vetoes else f"vetoed: {', '.join(str(v) for v in vetoes)}"
     if state in ("FAILED", "VETOED", "CANCELLED"):
-        return state, missing
+        return state, "; ".join(filter(None, (missing, _last_error(tasks))))
     if closed:
         return "INCOMPLETE", missing or f"closed while {state}"
     if state == "COMPLETED":  # what there is went through; more sub-runs are expected
@@ -322,6 +323,13 @@ def run_state(
     if state == "WAITING" and not tasks:
         return state, "no raw file yet"
     return state, missing
+
+
+def _last_error(tasks: Sequence[TaskOfRun]) -> str:
+    """The error of the run's latest stopped task: what an operator reads first."""
+    stopped = [t for t in tasks if t.state in _STOPPED and t.error]
+    latest = max(stopped, key=lambda t: t.attempt, default=None)
+    return latest.error or "" if latest else ""
 
 
 def missing_subruns(

@@ -6,6 +6,7 @@ the night's production, close the night when everything that can be done is done
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import logging
@@ -65,12 +66,23 @@ from osa_grid.services.shepherd import PassReport, Shepherd, ShepherdOptions
 log = get_logger("nightly")
 
 NIGHT_CLOSED = "night_closed"
+NIGHT_REOPENED = "night_reopened"
 DEADLINE_MISSED = "night_deadline_missed"
 VETO_TOLD = "veto_notified"
 NOTIFY_FAILED = "notify_failed"
 RUNS_RECORDED = "runs_recorded"
 VETO_RULE = "veto_rule"
 VETO_LIFTED = "veto_lifted"
+# What the page's event list shows: the night's notices and the operators' decisions.
+PAGE_EVENTS = (
+    NIGHT_CLOSED,
+    NIGHT_REOPENED,
+    DEADLINE_MISSED,
+    VETO_RULE,
+    VETO_LIFTED,
+    NOTIFY_FAILED,
+    "run_summary_unreadable",
+)
 # A veto rule takes the tasks that have not run, those waiting for side inputs included.
 RULE_VETO = OperatorAction("veto", (TaskState.CREATED, TaskState.READY, TaskState.FAILED), TaskState.VETOED)
 
@@ -454,6 +466,7 @@ class Night:
                 row.job_id,
                 row.exit_code,
                 subruns.get(row.task_id),
+                row.error,
             )
             for row, run_id in self.catalog.tasks_with_key(self.production.name, "run_id")
         ]
@@ -467,11 +480,45 @@ class Night:
         return sequence_table(self.workflow, self.plan, tasks, quality, sources, closed, self.vetoes())
 
     def closed_at(self) -> datetime | None:
+        """When the night was closed; None while open (never closed, or reopened since its last close)."""
         for record in reversed(self.catalog.events(production=self.production.name)):
+            if record["kind"] == NIGHT_REOPENED:
+                return None
             if record["kind"] == NIGHT_CLOSED:
                 at: datetime = record["at"]
                 return at
         return None
+
+    def reopen(self, notifier: Notifier, reason: str | None) -> datetime | None:
+        """Open a closed night again for a repair (None if it was open): the next pass runs what is ready,
+        and the night closes again, its products, NightFinished, provenance and page written anew."""
+        closed = self.closed_at()
+        if closed is None:
+            return None
+        by = operator_name()
+        detail = {"by": by, "closed_at": closed.isoformat(), "reason": reason or ""}
+        self.catalog.record_event(NIGHT_REOPENED, self.production.name, **detail)
+        # Not finished any more: a consumer of NightFinished.txt must not take the night as done meanwhile.
+        (self.analysis_dir() / "NightFinished.txt").unlink(missing_ok=True)
+        event(log, NIGHT_REOPENED, logging.WARNING, night=self.night, **detail)
+        self.tell(
+            notifier,
+            f"osa-grid: night {self.night} reopened by {by}",
+            f"closed at {closed:%Y-%m-%d %H:%M} UTC" + (f"\nreason: {reason}" if reason else ""),
+        )
+        return closed
+
+    def notices(self) -> list[str]:
+        """The night's events operators are told of, oldest first, one line each (for the page)."""
+        lines = []
+        for record in self.catalog.events(production=self.production.name):
+            if record["kind"] in PAGE_EVENTS:
+                detail = ", ".join(f"{k}={v}" for k, v in sorted((record["detail"] or {}).items()) if v != "")
+                lines.append(
+                    f"{record['at']:%Y-%m-%d %H:%M:%S} UTC {record['kind']}"
+                    + (f": {detail}" if detail else "")
+                )
+        return lines
 
     def close(self, data: DataManager, notifier: Notifier, forced: bool = False) -> None:
         """Record the night as finished, publish its datacheck products and tell the operators."""
@@ -488,7 +535,7 @@ class Night:
         marker.write_text(f"night {self.night} closed at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n{summary}\n")
         state = "with problems" if problems else "complete"
         self.tell(notifier, f"osa-grid: night {self.night} closed ({state})", summary)
-        event(log, "night_closed", night=self.night, problems=len(problems), forced=forced)
+        event(log, NIGHT_CLOSED, logging.WARNING, night=self.night, problems=len(problems), forced=forced)
 
     def tell(self, notifier: Notifier, subject: str, body: str) -> None:
         """Tell the operators. A notification that cannot be sent is reported (a warning line and an event of
@@ -535,6 +582,7 @@ class Night:
             list(self.workflow.quality),
             refresh,
             pages or [],
+            self.notices(),
         )
 
     def datacheck_plots(self) -> list[Path]:
@@ -574,6 +622,14 @@ class Night:
                         count += 1
                         break
         return count
+
+
+def operator_name() -> str:
+    """Who acts, for the record: the login name, else the user id."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def status_lines(rows: Sequence[SequenceStatus]) -> str:
@@ -664,7 +720,7 @@ class NightlyShepherd:
         try:
             night.write_page()
         except OSError as exc:  # the page is a convenience: never let it stop the night
-            event(log, "page_not_written", night=night.night, error=str(exc))
+            event(log, "page_not_written", logging.WARNING, night=night.night, error=str(exc))
         closed = False
         if report.runnable == 0 and missing == 0 and submit and final:
             if not self.shepherd.options.flush:
@@ -718,6 +774,14 @@ class NightlyShepherd:
                 f"task {task.task_id}\nerror: {task.error}\nlogs: {task.workdir}",
             )
             catalog.record_task_event(VETO_TOLD, task.task_id)
+            event(
+                log,
+                "task_vetoed",
+                logging.WARNING,
+                night=self.night.night,
+                task=task.task_id,
+                error=task.error,
+            )
 
     def _check_deadline(self) -> None:
         deadline = self.options.deadline
@@ -729,6 +793,7 @@ class NightlyShepherd:
         self.night.catalog.record_event(
             DEADLINE_MISSED, self.night.production.name, deadline=deadline.isoformat()
         )
+        event(log, DEADLINE_MISSED, logging.WARNING, night=self.night.night, deadline=deadline.isoformat())
         self.night.tell(
             self.notifier,
             f"osa-grid: night {self.night.night} not closed by {deadline:%Y-%m-%d %H:%M} UTC",

@@ -32,6 +32,7 @@ def render_page(
     quality: Sequence[str] = (),
     refresh: int | None = None,
     pages: Sequence[str] = (),
+    events: Sequence[str] = (),
 ) -> str:
     """The page; ``refresh`` (seconds) makes browsers reload it (pages served live by ``osa-grid web``);
     ``pages`` are links to published datacheck pages (the night-wise datacheck's)."""
@@ -49,6 +50,8 @@ def render_page(
         f'<li><a href="{html.escape(href)}">{html.escape(href.rsplit("/", 1)[-1])}</a></li>' for href in pages
     )
     datacheck_pages = f'<ul id="datacheck-pages">{links}</ul>' if links else ""
+    notices = "".join(f"<li>{html.escape(line)}</li>" for line in events)
+    event_list = f'<h2>Events</h2><ul id="events">{notices}</ul>' if notices else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">{reload}<title>osa-grid night {night}</title>
 <style>
@@ -66,6 +69,7 @@ figure img {{ max-width: 45%; }}
 <tbody>
 {body}
 </tbody></table>
+{event_list}
 {datacheck_pages}
 {plots}
 </body></html>

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -43,6 +44,7 @@ from osa_grid.core.redaction import (
     redact_argv,
     redact_env,
     redact_production,
+    redact_text,
     redact_transformation,
 )
 from osa_grid.core.rendering import RenderedOutput, RenderedTask, render_needs, render_outputs, render_task
@@ -80,6 +82,39 @@ _FAILURE_CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (OSError, "storage"),  # whatever the filesystem says (e.g. an LFN whose parent is a file)
 )
 _TASK_FAILURES = tuple(kind for kind, _ in _FAILURE_CLASSES)
+
+
+# How much of a failed step's stderr its error shows: the last lines, within a bound a table cell can hold.
+STDERR_TAIL_LINES = 5
+STDERR_TAIL_CHARS = 400
+
+
+def stderr_tail(path: Path) -> str:
+    """The last non-empty lines of a step's stderr, on one line and with secrets hidden ("" if none).
+
+    Only the end of the file is read: a step may write gigabytes there."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 8 * STDERR_TAIL_CHARS))
+            data = handle.read()
+    except OSError:
+        return ""
+    lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+    text = redact_text(" | ".join(lines[-STDERR_TAIL_LINES:]))
+    return text if len(text) <= STDERR_TAIL_CHARS else "..." + text[-STDERR_TAIL_CHARS:]
+
+
+def same_failure(previous: str | None, kind: str, exit_code: int | None, error: str) -> bool:
+    """Whether a task failed as it did before: same kind and exit code, and the same words (a step's stderr
+    differs from one attempt to the next by its timestamps, process ids, addresses: numbers are not compared).
+    """
+    if previous is None or not previous.startswith(f"{kind} (exit code {exit_code})"):
+        return False
+    return _NUMBERS.sub("#", previous).startswith(_NUMBERS.sub("#", error) + "; ")
+
+
+_NUMBERS = re.compile(r"\d+")
 
 
 def _failure_kind(exc: Exception) -> str:
@@ -345,7 +380,9 @@ class Shepherd:
             elif status.state == JobState.SUCCEEDED:
                 succeeded.append((task, status))
             elif status.state == JobState.FAILED:
-                self._fail(task, status.failure or "failed", status.exit_code, status.message, status, report)
+                stderr = Path(task.workdir) / "stderr.log" if task.workdir else None
+                failure = status.failure or "failed"
+                self._fail(task, failure, status.exit_code, status.message, status, report, stderr)
             elif status.state == JobState.LOST:
                 self._lost(task, report)
         # One write transaction for both: the jobs that started and those that finished since the last pass.
@@ -515,10 +552,17 @@ class Shepherd:
         message: str,
         status: JobStatus | None,
         report: PassReport,
+        stderr: Path | None = None,
     ) -> None:
+        """``stderr``: the failed job's, whose last lines say why (the backend only knows the exit code)."""
         transformation = self.production.transformation(task.transformation)
-        error = f"{kind} (exit code {exit_code}): {message}".strip().rstrip(":")
-        repeated = (task.error or "").startswith(f"{error}; ")
+        tail = stderr_tail(stderr) if stderr is not None else ""
+        # What the step said is the reason operators need, not "exit code 1" twice.
+        said = "" if message == f"exit code {exit_code}" else message
+        error = f"{kind} (exit code {exit_code}): {' - '.join(filter(None, (said, tail)))}".strip().rstrip(
+            ":"
+        )
+        repeated = same_failure(task.error, kind, exit_code, error)
         decision = decide_retry(transformation.retry, task.failures + 1, kind, exit_code, repeated)
         target = {"retry": TaskState.READY, "veto": TaskState.VETOED, "fail": TaskState.FAILED}[
             decision.action
@@ -534,7 +578,7 @@ class Shepherd:
                 task.task_id,
                 target,
                 exit_code,
-                f"{error}; {decision.reason}",
+                f"{error}; {decision.reason}" + (f"; log: {stderr}" if tail else ""),
                 resources.model_dump(mode="json"),
                 provenance,
             )

@@ -573,3 +573,87 @@ def test_a_marker_closing_rule_keeps_the_night_open_for_runs_added_between_passe
     assert states[1809] == "COMPLETED" and states[1808] == "COMPLETED", states
     told = [e for e in _events(site) if e["kind"] == "run_dropped"]
     assert len(told) == 1 and told[0]["detail"]["run_id"] == 1808  # type: ignore[index]
+
+
+def corrupt_workflow(tmp_path: Path) -> Path:
+    """The toy night whose reconstruction fails as a real step does: a reason on stderr, exit code 1."""
+    workflow = yaml.safe_load((REPO / "workflows" / "toy_nightly.yaml").read_text())
+    for transformation in workflow["transformations"]:
+        if transformation["name"] == "reconstruct":
+            # sys.exit(text) writes the text to stderr and exits 1; the token must not reach a message.
+            code = "import sys; print('reading'); sys.exit('token=abc123 calibration file is corrupt')"
+            transformation["step"]["argv"] = ["{python}", "-c", code, "{input}"]
+    path = tmp_path / "corrupt_nightly.yaml"
+    path.write_text(yaml.safe_dump(workflow, sort_keys=False))
+    return path
+
+
+def test_a_failure_says_the_tail_of_its_stderr_and_where_its_log_is(tmp_path: Path) -> None:
+    site = Site(tmp_path, corrupt_workflow(tmp_path))
+    full_night(site)
+    result = site.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert "night_closed" in result.stderr  # a notice at the default log level
+    rows = {row["run_id"]: row for row in site.status()["sequences"]}  # type: ignore[union-attr, index]
+    detail = rows[1807]["detail"]
+    assert rows[1807]["state"] == "VETOED"
+    assert "calibration file is corrupt" in detail and "stderr.log" in detail, detail
+    assert "abc123" not in detail and "token=***" in detail
+    table = site.nightly("status")
+    assert "calibration file is corrupt" in " ".join(table.stdout.split())
+    production = subprocess.run(
+        [*OSA_GRID, "production", "status", f"toy-nightly-{NIGHT_DIR}", "--json"],
+        env=site.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert production.returncode == 0, production.stderr
+    failed = json.loads(production.stdout)["failed"]
+    assert failed and all("calibration file is corrupt" in f["error"] for f in failed)
+    log = Path(failed[0]["error"].rsplit("log: ", 1)[1])
+    assert log.name == "stderr.log" and "calibration file is corrupt" in log.read_text()
+    assert "exit code 1): exit code 1" not in failed[0]["error"]
+
+
+def test_a_closed_night_is_repaired_reopened_and_closed_again(tmp_path: Path) -> None:
+    broken = Site(tmp_path, corrupt_workflow(tmp_path))
+    full_night(broken)
+    assert broken.nightly("run", "--poll", "0.2").returncode == 0
+    analysis = broken.base / "running_analysis" / NIGHT_DIR / "v0.1"
+    finished = analysis / "NightFinished.txt"
+    assert broken.status()["closed"] and "run 1807: VETOED" in finished.read_text()
+    provenance = analysis / f"provenance_{NIGHT_DIR}.json"
+    assert "dl2_LST-1.Run01807.csv" not in provenance.read_text()
+
+    fixed = Site(tmp_path)  # the same site, the repaired workflow
+    retried = fixed.nightly("retry")
+    assert retried.returncode == 0, retried.stderr
+    assert "reopened" in retried.stdout and "ready again" in retried.stdout
+    assert fixed.status()["closed"] is None and not finished.exists()
+    result = fixed.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0 and "is closed" in result.stdout, result.stdout + result.stderr
+    assert set(fixed.states().values()) == {"COMPLETED"}
+    assert "run 1807: COMPLETED" in finished.read_text()
+    assert (fixed.base / "DL2" / NIGHT_DIR / "v0.1" / "dl2_LST-1.Run01807.csv").is_file()
+    assert "dl2_LST-1.Run01807.csv" in provenance.read_text()
+    _night_provenance_is_complete(fixed, analysis)
+    page = (fixed.base / "web" / "nightly" / f"{NIGHT_DIR}.html").read_text()
+    assert "(closed)" in page and page.count('data-state="COMPLETED"') == 4
+    assert "night_reopened" in page and "nightly retry of the night" in page
+
+    reopened = fixed.nightly("reopen", "--reason", "new calibration constants")
+    assert reopened.returncode == 0 and "reopened" in reopened.stdout, reopened.stderr
+    assert fixed.status()["closed"] is None and not finished.exists()
+    assert "night_reopened" in reopened.stderr  # a notice at the default log level
+    again = fixed.nightly("reopen")
+    assert again.returncode == 0 and "not closed" in again.stdout
+    result = fixed.nightly("run", "--poll", "0.2")
+    assert result.returncode == 0 and "is closed" in result.stdout, result.stdout + result.stderr
+    assert finished.is_file() and fixed.status()["closed"]
+    events = [e for e in _events(fixed) if e["kind"] in ("night_closed", "night_reopened")]
+    assert [e["kind"] for e in events] == ["night_closed", "night_reopened"] * 2 + ["night_closed"]
+    why = events[3]["detail"]
+    assert why["reason"] == "new calibration constants" and why["by"]  # type: ignore[index]
+    page = (fixed.base / "web" / "nightly" / f"{NIGHT_DIR}.html").read_text()
+    assert "new calibration constants" in page
