@@ -109,7 +109,7 @@ lap
 
 echo "== 5. DL2 -> DL3 and the night's index (workflows/lst_nightly_dl3.yaml), then gammapy at the Crab"
 "$bin/osa-grid" production run "$here/workflows/lst_nightly_dl3.yaml" --no-live
-dl3="$OSA_GRID_HOME/data/lst-nightly-dl3/DL3/$nd"
+dl3="$OSA_GRID_HOME/data/lst-nightly-dl3/v1/DL3/$nd"
 echo "\$ osa-grid site check-dl3 $dl3"
 "$bin/osa-grid" site check-dl3 "$dl3" --min-significance 5 2>&1 | quiet
 echo "demo done in $(( $(date +%s) - start )) s; catalog: $OSA_GRID_HOME/catalog.sqlite"

@@ -32,5 +32,5 @@ echo "catalog:  $OSA_GRID_HOME/catalog.sqlite"
 echo "products: $OSA_GRID_HOME/data/toy-chain/"
 echo "\$ osa-grid query 'production = toy-chain and data_level in (DL2, DL3)'"
 "$bin/osa-grid" query 'production = toy-chain and data_level in (DL2, DL3)'
-echo "\$ cat $OSA_GRID_HOME/data/toy-chain/DL3/summary_2026-11-21.csv"
-cat "$OSA_GRID_HOME/data/toy-chain/DL3/summary_2026-11-21.csv"
+echo "\$ cat $OSA_GRID_HOME/data/toy-chain/v1.0/DL3/summary_2026-11-21.csv"
+cat "$OSA_GRID_HOME/data/toy-chain/v1.0/DL3/summary_2026-11-21.csv"

@@ -119,7 +119,7 @@ def test_night_goes_from_r0_to_a_valid_dl3(site: Site) -> None:
     assert all({"lstchain", "ctapipe", "ctapipe_io_lst"} <= set(s) for s in software)
     assert {s["lstchain"] for s in software} == {"0.12.3"}
 
-    dl3 = site.home / "data" / "lst-night" / "DL3" / "20251120"
+    dl3 = site.home / "data" / "lst-night" / "v1" / "DL3" / "20251120"
     assert sorted(p.name for p in dl3.iterdir()) == [
         "dl3_LST-1.Run01807.fits",
         "dl3_LST-1.Run01808.fits",
@@ -170,7 +170,15 @@ def test_nightly_shepherd_runs_the_lstchain_chain(site: Site) -> None:
         "--meta", "data_level=R0", "--meta", "night=2025-11-21", "--lfn-prefix", "R0/20251121",
     )  # fmt: skip
     maker.run("production", "run", str(ROOT / "workflows" / "lst_run_summary.yaml"), "--no-live")
-    made = maker.home / "data" / "lst-run-summary" / "monitoring" / "RunSummary" / "RunSummary_20251121.ecsv"
+    made = (
+        maker.home
+        / "data"
+        / "lst-run-summary"
+        / "v1"
+        / "monitoring"
+        / "RunSummary"
+        / "RunSummary_20251121.ecsv"
+    )
     summary.write_text(made.read_text())
     from osa_grid.core.runsummary import parse_summary
 
