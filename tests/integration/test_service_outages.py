@@ -22,21 +22,14 @@ import pytest
 from osa_grid.catalog import outages as records
 from osa_grid.catalog.store import Catalog
 from osa_grid.data.rucio import RucioStore
-from tests.integration.rucio_server import ensure_server, night_on_tape, token
+from tests.integration.rucio_server import night_on_tape, token
 from tests.integration.test_campaign_cli import EXPECTED, add_nights, done, status, write_campaign
 from tests.integration.test_campaign_dirac import CampaignDiracWorld
 from tests.integration.test_dirac_backend import dirac_env as dirac_env  # the fixture
+from tests.integration.test_rucio_resilience import rucio_env as rucio_env  # the fixture
 from tests.integration.toyworld import OSA_GRID, ToyWorld, toy_production
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def rucio_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    config = ensure_server()
-    monkeypatch.setenv("OSA_GRID_DATA_MANAGER", "rucio")
-    monkeypatch.setenv("OSA_GRID_RUCIO_CONFIG", str(config))
-    yield config
 
 
 @pytest.fixture

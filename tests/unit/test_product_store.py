@@ -16,22 +16,10 @@ from osa_grid.core.models import Production
 from osa_grid.core.states import TaskState
 from osa_grid.data.local import LocalStore
 from osa_grid.errors import OutputClash, StorageError
-from tests.helpers import lst_subrun, make_file, production_from_yaml, provenance_record
-from tests.unit.test_catalog import outputs_of, plan, save, submit
-
-
-@pytest.fixture
-def production() -> Production:
-    return production_from_yaml()
-
-
-@pytest.fixture
-def ready_tasks(catalog: Catalog, production: Production) -> list[str]:
-    """Three ready calibrate tasks of production test-chain (one per sub-run of run 1807)."""
-    save(catalog, production)
-    catalog.register_files([lst_subrun(1807, subrun) for subrun in range(3)])
-    _, tasks = plan(catalog, production, "calibrate")
-    return [t.task_id for t in sorted(tasks, key=lambda t: t.inputs[0].lfn)]
+from tests.helpers import make_file, provenance_record
+from tests.unit.test_catalog import outputs_of, submit
+from tests.unit.test_catalog import production as production  # the fixtures
+from tests.unit.test_catalog import ready_tasks as ready_tasks
 
 
 # ---------------------------------------------------------------------------------------------- claims
